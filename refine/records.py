@@ -1,0 +1,175 @@
+"""Feedback records — (conversation, response, critique, revision) — and their validated
+reading from JSONL and CSV files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class _Conversation(BaseModel):
+    """A prompt given as plain text or as a chat ending with a user turn."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _one_prompt(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("'prompt' is empty")
+        if self.messages is not None:
+            if not self.messages or self.messages[-1].role != "user":
+                raise ValueError("'messages' must end with a user turn")
+        return self
+
+    def chat(self) -> list[dict[str, str]]:
+        """The conversation as chat messages."""
+        if self.messages is not None:
+            return [m.model_dump() for m in self.messages]
+        return [{"role": "user", "content": self.prompt or ""}]
+
+
+class FeedbackRecord(_Conversation):
+    """One training example for the CnR model."""
+
+    response: str = Field(min_length=1)
+    critique: str = Field(min_length=1)
+    revision: str = Field(min_length=1)
+    source: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class PromptRow(_Conversation):
+    """One input row of `refine revise`: a prompt and optionally an answer to revise.
+    Other fields are kept and written back unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+    response: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordProblem:
+    """Why one line of a file was refused."""
+
+    path: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+class InvalidRecordsError(ValueError):
+    """A file had invalid lines and skipping them was not asked for."""
+
+    def __init__(self, problems: list[RecordProblem]) -> None:
+        self.problems = problems
+        shown = "\n".join(f"  {p}" for p in problems[:20])
+        more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(
+            f"{len(problems)} invalid record(s); fix them or pass --skip-invalid:\n{shown}{more}"
+        )
+
+
+def _reason(error: ValidationError) -> str:
+    parts = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+def _raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object or an Exception) for each non-blank row of a JSONL/CSV file."""
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            for row in reader:
+                row = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+                for key in ("messages", "meta"):
+                    if isinstance(row.get(key), str):
+                        try:
+                            row[key] = json.loads(row[key])
+                        except json.JSONDecodeError as exc:
+                            row[key] = ValueError(f"{key}: not valid JSON ({exc.msg})")
+                bad = [v for v in row.values() if isinstance(v, Exception)]
+                yield reader.line_num, (bad[0] if bad else row)
+        return
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})")
+
+
+def read_rows(path: str | Path, model: type[BaseModel], *, skip_invalid: bool = False,
+              problems: list[RecordProblem] | None = None) -> list[Any]:
+    """Read and validate every row of a JSONL or CSV file as `model`.
+
+    Raises InvalidRecordsError listing every bad line (file, line, reason) unless
+    `skip_invalid`; then bad lines are left out and appended to `problems`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    good: list[Any] = []
+    bad: list[RecordProblem] = []
+    for number, raw in _raw_rows(path):
+        if isinstance(raw, Exception):
+            bad.append(RecordProblem(str(path), number, str(raw)))
+            continue
+        if not isinstance(raw, dict):
+            bad.append(RecordProblem(str(path), number, f"expected an object, got {type(raw).__name__}"))
+            continue
+        try:
+            good.append(model.model_validate(raw))
+        except ValidationError as exc:
+            bad.append(RecordProblem(str(path), number, _reason(exc)))
+    if bad and not skip_invalid:
+        raise InvalidRecordsError(bad)
+    if problems is not None:
+        problems.extend(bad)
+    return good
+
+
+def read_records(path: str | Path, *, skip_invalid: bool = False,
+                 problems: list[RecordProblem] | None = None) -> list[FeedbackRecord]:
+    """Read feedback records from a JSONL or CSV file (see `read_rows`)."""
+    return read_rows(path, FeedbackRecord, skip_invalid=skip_invalid, problems=problems)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[BaseModel | dict]) -> int:
+    """Write rows as JSONL (UTF-8, one object per line); returns how many were written."""
+    count = 0
+    with Path(path).open("w", encoding="utf-8") as fh:
+        for row in rows:
+            data = row.model_dump(exclude_none=True) if isinstance(row, BaseModel) else row
+            fh.write(json.dumps(data, ensure_ascii=False) + "\n")
+            count += 1
+    return count

@@ -1,0 +1,57 @@
+"""All configuration in one place: environment variables with the `REFINE_` prefix, a `.env`
+file, or keyword overrides (the CLI passes its flags as overrides)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BackendName = Literal["local", "tgi", "openai"]
+
+
+class Settings(BaseSettings):
+    """Refine's settings. Every field can be set as `REFINE_<FIELD>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="REFINE_", env_file=".env", extra="ignore")
+
+    # The model that writes the first answer.
+    base_backend: BackendName = "local"
+    base_model: str = Field("", description="Local path, GGUF file, hub id or served model name; empty = embedded SmolLM2-135M-Instruct")
+    base_url: str | None = Field(None, description="Server URL for the tgi/openai backends")
+    base_api_key: SecretStr | None = Field(None, description="Bearer token for the base server (else HF_TOKEN / OPENAI_API_KEY)")
+
+    # The critique-and-revise model.
+    cnr_backend: BackendName = "local"
+    cnr_model: str = Field("", description="Like base_model; empty = same as the base model")
+    cnr_url: str | None = None
+    cnr_api_key: SecretStr | None = None
+    cnr_adapter: str | None = Field(None, description="PEFT adapter folder (local) or adapter id (tgi); empty = the shipped adapter; 'none' = no adapter")
+    cnr_mode: Literal["trained", "few-shot"] = Field("trained", description="'few-shot' drives an untuned instruct model with examples")
+    tokenizer: str | None = Field(None, description="Tokenizer for the tgi backend's client-side chat template (default: the model)")
+
+    # The refinement loop.
+    rounds: int = Field(3, ge=1, le=10)
+    stop_early: bool = True
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(512, ge=1, le=32768)
+    cnr_max_new_tokens: int = Field(768, ge=1, le=32768)
+
+    # Backends.
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    timeout: float = Field(60.0, gt=0, description="Seconds to wait for the first or next token")
+    connect_timeout: float = Field(10.0, gt=0)
+    retries: int = Field(2, ge=0, le=10, description="Retries before the first token only")
+    concurrency: int = Field(4, ge=1, le=256, description="Concurrent requests to remote backends")
+
+    # Storage.
+    database_url: str | None = Field(None, description="SQLAlchemy URL; empty = a SQLite file in the data folder")
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> "Settings":
+        for role in ("base", "cnr"):
+            if getattr(self, f"{role}_backend") != "local" and not getattr(self, f"{role}_url"):
+                raise ValueError(f"{role}_backend={getattr(self, f'{role}_backend')!r} needs REFINE_{role.upper()}_URL")
+        return self
