@@ -1,0 +1,254 @@
+"""The embedded backend: a transformers model in this process, streaming token by token.
+
+One worker thread per loaded model runs generations one at a time, in arrival order (FIFO),
+so concurrent callers queue fairly; a caller that stops reading cancels its generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from refine.backends.base import BackendError, ContextTooLong, GenerationParams, Message
+from refine.embedded import EMBEDDED_NAME, embedded_gguf
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 is faster."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """torch dtype for a setting: 'auto' is bf16 on GPUs and bf16-capable CPUs, else fp32."""
+    import torch
+
+    if dtype == "float32":
+        return torch.float32
+    if dtype == "bfloat16":
+        return torch.bfloat16
+    if device != "cpu":
+        return torch.bfloat16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+def split_model_ref(model: str) -> tuple[str, str | None]:
+    """(folder or hub id, gguf file name or None) for a model reference; '' is the embedded model."""
+    if not model:
+        path = embedded_gguf()
+        return str(path.parent), path.name
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        return str(path.parent), path.name
+    return model, None
+
+
+def load_model_and_tokenizer(model: str, *, adapter: str | None = None, dtype: str = "auto",
+                             device: str = "cpu") -> tuple[Any, Any]:
+    """Load a causal LM (+ optional PEFT adapter) and its tokenizer from a folder, a GGUF file or
+    a hub id (a hub id only works online)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ref, gguf = split_model_ref(model)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    torch_dtype = resolve_dtype(dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(ref, dtype=torch_dtype, **kwargs)
+    except OSError as exc:
+        raise BackendError(f"cannot load model {model or EMBEDDED_NAME!r}: {exc}") from exc
+    if adapter:
+        from peft import PeftModel
+
+        if not Path(adapter).exists():
+            raise FileNotFoundError(f"adapter folder not found: {adapter}")
+        lm = PeftModel.from_pretrained(lm, adapter)
+    lm.to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return lm, tokenizer
+
+
+class _IncrementalDecoder:
+    """Turns token ids into text deltas, one per token, without splitting a UTF-8 character."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the window decoded for context
+        self.read = 0  # tokens already turned into text
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        after = self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if after.endswith("\ufffd") or len(after) <= len(before):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return after[len(before):]
+
+
+@dataclass
+class _Job:
+    messages: list[Message]
+    params: GenerationParams
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+_DONE = object()
+
+
+class LocalModel:
+    """A loaded model with its own generation worker thread."""
+
+    def __init__(self, model: str = "", *, adapter: str | None = None, dtype: str = "auto",
+                 device: str = "cpu") -> None:
+        self.model_ref = model
+        self.adapter = adapter
+        self.model, self.tokenizer = load_model_and_tokenizer(model, adapter=adapter, dtype=dtype, device=device)
+        self.dtype = str(self.model.dtype).removeprefix("torch.")
+        self.max_context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name=f"refine-local-{id(self):x}", daemon=True)
+        self._worker.start()
+
+    @property
+    def name(self) -> str:
+        base = Path(self.model_ref).name if self.model_ref else EMBEDDED_NAME
+        return f"{base}+{Path(self.adapter).name}" if self.adapter else base
+
+    def encode(self, messages: list[Message]) -> Any:
+        """Token ids of a chat rendered with the model's chat template, generation prompt added."""
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+
+    def submit(self, job: _Job) -> None:
+        self._jobs.put(job)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if job.cancelled.is_set():
+                continue
+            try:
+                self._generate(job)
+                result: object = _DONE
+            except Exception as exc:  # reported to the caller, never kills the worker
+                log.exception("local generation failed")
+                result = exc
+            job.loop.call_soon_threadsafe(job.out.put_nowait, result)
+
+    def _generate(self, job: _Job) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        inputs = self.encode(job.messages)
+        length = inputs["input_ids"].shape[1]
+        if self.max_context and length + job.params.max_new_tokens > self.max_context:
+            raise ContextTooLong(
+                f"the prompt has {length} tokens; with max_new_tokens={job.params.max_new_tokens} it "
+                f"exceeds the model's context of {self.max_context} tokens"
+            )
+        decoder = _IncrementalDecoder(self.tokenizer)
+        configured = self.model.generation_config.eos_token_id
+        eos = {self.tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
+
+        class Streamer(BaseStreamer):
+            prompt_seen = False
+
+            def put(self, value: Any) -> None:
+                if not self.prompt_seen:  # generate() first hands over the prompt
+                    self.prompt_seen = True
+                    return
+                for token_id in value.reshape(-1).tolist():
+                    if token_id in eos:
+                        continue
+                    text = decoder.push(token_id)
+                    if text:
+                        job.loop.call_soon_threadsafe(job.out.put_nowait, text)
+
+            def end(self) -> None:
+                pass
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), job.cancelled.is_set(), dtype=torch.bool)
+
+        sampling: dict[str, Any] = {"do_sample": False}
+        if job.params.temperature > 0:
+            sampling = {"do_sample": True, "temperature": job.params.temperature, "top_p": job.params.top_p}
+            if job.params.seed is not None:
+                torch.manual_seed(job.params.seed)
+        with torch.inference_mode():
+            self.model.generate(
+                **inputs.to(self.model.device),
+                max_new_tokens=job.params.max_new_tokens,
+                streamer=Streamer(),
+                stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                pad_token_id=self.tokenizer.pad_token_id,
+                **sampling,
+            )
+
+
+class LocalBackend:
+    """Backend over a LocalModel; several backends may share one model (one queue)."""
+
+    def __init__(self, model: LocalModel) -> None:
+        self.local = model
+
+    @property
+    def model_id(self) -> str:
+        return self.local.name
+
+    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        job = _Job(messages=messages, params=params, loop=loop, out=asyncio.Queue())
+        self.local.submit(job)
+        produced: list[str] = []
+        try:
+            while True:
+                item = await job.out.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    partial = "".join(produced)
+                    if isinstance(item, BackendError):
+                        raise item.with_partial(partial) from item
+                    raise BackendError(f"local generation failed: {item}", partial=partial) from item
+                produced.append(item)
+                if params.stop and any(s in "".join(produced) for s in params.stop):
+                    text = "".join(produced)
+                    cut = min(text.index(s) for s in params.stop if s in text)
+                    already = len(text) - len(item)
+                    if cut > already:
+                        yield text[already:cut]
+                    return
+                yield item
+        finally:
+            job.cancelled.set()
+
+    async def aclose(self) -> None:
+        self.local.close()
+
