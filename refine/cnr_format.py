@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from refine.text import marker_prefix_len
+
 FORMAT_VERSION = "cnr-v1"
 CRITIQUE_MARKER = "Critique:"
 REVISION_MARKER = "\nRevision:"
@@ -168,7 +170,7 @@ class CnRStreamParser:
                     self.section = "revision"
                     self._section_started = False
                     continue
-                keep = _marker_prefix_len(self._pending, REVISION_MARKER)
+                keep = marker_prefix_len(self._pending, REVISION_MARKER)
                 self._emit(out, "critique", self._pending[: len(self._pending) - keep])
                 self._pending = self._pending[len(self._pending) - keep:]
                 return out
@@ -199,14 +201,6 @@ class CnRStreamParser:
         if not revision:
             return ParsedCnR(critique, revision, ok=False, error="the revision is empty")
         return ParsedCnR(critique, revision, ok=True)
-
-
-def _marker_prefix_len(text: str, marker: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `marker`."""
-    for size in range(min(len(text), len(marker) - 1), 0, -1):
-        if marker.startswith(text[-size:]):
-            return size
-    return 0
 
 
 def parse_cnr(text: str) -> ParsedCnR:

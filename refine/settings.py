@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     cnr_url: str | None = None
     cnr_api_key: SecretStr | None = None
     cnr_adapter: str | None = Field(None, description="PEFT adapter folder (local) or adapter id (tgi); empty = the shipped adapter; 'none' = no adapter")
-    cnr_mode: Literal["trained", "few-shot"] = Field("trained", description="'few-shot' drives an untuned instruct model with examples")
+    cnr_mode: Literal["auto", "trained", "few-shot"] = Field(
+        "auto", description="'few-shot' drives an untuned instruct model with examples; 'auto' = few-shot "
+        "only for the embedded model without an adapter")
     tokenizer: str | None = Field(None, description="Tokenizer for the tgi backend's client-side chat template (default: the model)")
 
     # The refinement loop.

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from refine.backends.base import BackendError, ContextTooLong, GenerationParams, Message
+from refine.text import StopStringFilter
 from refine.embedded import EMBEDDED_NAME, embedded_gguf
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,16 @@ class _Job:
 _DONE = object()
 
 
+def _post(job: _Job, item: object) -> None:
+    """Hand an item to the job's consumer; a consumer that left (or whose loop closed) cancels."""
+    if job.cancelled.is_set():
+        return
+    try:
+        job.loop.call_soon_threadsafe(job.out.put_nowait, item)
+    except RuntimeError:  # the consumer's event loop is closed
+        job.cancelled.set()
+
+
 class LocalModel:
     """A loaded model with its own generation worker thread."""
 
@@ -157,7 +168,7 @@ class LocalModel:
             except Exception as exc:  # reported to the caller, never kills the worker
                 log.exception("local generation failed")
                 result = exc
-            job.loop.call_soon_threadsafe(job.out.put_nowait, result)
+            _post(job, result)
 
     def _generate(self, job: _Job) -> None:
         import torch
@@ -187,7 +198,7 @@ class LocalModel:
                         continue
                     text = decoder.push(token_id)
                     if text:
-                        job.loop.call_soon_threadsafe(job.out.put_nowait, text)
+                        _post(job, text)
 
             def end(self) -> None:
                 pass
@@ -227,10 +238,13 @@ class LocalBackend:
         job = _Job(messages=messages, params=params, loop=loop, out=asyncio.Queue())
         self.local.submit(job)
         produced: list[str] = []
+        stops = StopStringFilter(params.stop)
         try:
             while True:
                 item = await job.out.get()
                 if item is _DONE:
+                    if tail := stops.flush():
+                        yield tail
                     return
                 if isinstance(item, BaseException):
                     partial = "".join(produced)
@@ -238,17 +252,13 @@ class LocalBackend:
                         raise item.with_partial(partial) from item
                     raise BackendError(f"local generation failed: {item}", partial=partial) from item
                 produced.append(item)
-                if params.stop and any(s in "".join(produced) for s in params.stop):
-                    text = "".join(produced)
-                    cut = min(text.index(s) for s in params.stop if s in text)
-                    already = len(text) - len(item)
-                    if cut > already:
-                        yield text[already:cut]
+                if piece := stops.push(item):
+                    yield piece
+                if stops.stopped:
                     return
-                yield item
         finally:
             job.cancelled.set()
 
     async def aclose(self) -> None:
-        self.local.close()
+        """Nothing to release: the LocalModel is owned (and closed) by whoever loaded it."""
 

@@ -1,0 +1,193 @@
+"""Batch refinement: `python -m refine revise` reads prompts (optionally with answers to revise),
+runs the critique→revision rounds on each, and appends one JSON line per prompt.
+
+Output row = the input row's fields, plus `id`, `response` (the original answer), `base_model`,
+`cnr_model`, `rounds` (round 1 first: round, critique, revision, status, stop_reason,
+nothing_to_fix, error, ttft, duration, tokens), `final` (the last good revision, or the
+original) and `stop_reason`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from refine.backends import BackendPool, cnr_few_shot, generation_params
+from refine.cli_options import model_options, settings_from
+from refine.cnr_format import FORMAT_VERSION
+from refine.events import BaseDone, ErrorEvent, Event, RoundDone, TurnDone
+from refine.loop import LoopConfig, refine_turn
+from refine.records import InvalidRecordsError, PromptRow, read_rows
+from refine.settings import Settings
+
+EventSink = Callable[[str, Event], None]  # (row id, event) — e.g. the database recorder
+
+
+def row_id(row: PromptRow, position: int) -> str:
+    """The row's own id, or its 1-based position in the input file."""
+    return row.id if row.id is not None else f"row-{position}"
+
+
+def done_ids(path: Path) -> set[str]:
+    """Ids already written to an output file (for resuming)."""
+    if not path.exists():
+        return set()
+    ids = set()
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    ids.add(str(json.loads(line)["id"]))
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a line cut by an interruption: that row runs again
+    return ids
+
+
+def loop_config(settings: Settings) -> LoopConfig:
+    """The loop settings for a Settings object."""
+    return LoopConfig(
+        rounds=settings.rounds, stop_early=settings.stop_early, few_shot=cnr_few_shot(settings),
+        base_params=generation_params(settings, "base"), cnr_params=generation_params(settings, "cnr"),
+    )
+
+
+def output_row(row: PromptRow, rid: str, events: list[Event]) -> dict[str, Any] | None:
+    """The output JSON object for one refined row, or None when its base answer failed."""
+    base = next((e for e in events if isinstance(e, BaseDone)), None)
+    end = next((e for e in events if isinstance(e, TurnDone)), None)
+    if base is None or end is None:
+        return None
+    rounds = [
+        {
+            "round": e.round, "critique": e.critique, "revision": e.revision, "status": e.status,
+            "stop_reason": e.stop_reason, "nothing_to_fix": e.nothing_to_fix, "error": e.error,
+            "ttft": e.timing.ttft, "duration": round(e.timing.duration, 3), "tokens": e.timing.tokens,
+        }
+        for e in events if isinstance(e, RoundDone)
+    ]
+    data = row.model_dump(exclude_none=True)
+    data.update(
+        id=rid, response=base.text, base_model=base.model,
+        cnr_model=next((e.model for e in events if isinstance(e, RoundDone)), None),
+        format=FORMAT_VERSION, rounds=rounds, final=end.final, stop_reason=end.stop_reason,
+    )
+    return data
+
+
+async def revise_rows(
+    rows: list[tuple[str, PromptRow]],
+    pool: BackendPool,
+    config: LoopConfig,
+    *,
+    concurrency: int = 1,
+    sink: EventSink | None = None,
+) -> AsyncIterator[tuple[str, dict[str, Any] | None, str | None]]:
+    """Refine rows with at most `concurrency` in flight; yields (id, output row or None, error)
+    as each finishes."""
+    cnr = pool.get("cnr")
+    needs_base = any(r.response is None for _, r in rows)
+    base = pool.get("base") if needs_base else None
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(rid: str, row: PromptRow) -> tuple[str, dict[str, Any] | None, str | None]:
+        async with limit:
+            events: list[Event] = []
+            async for event in refine_turn(row.chat(), cnr=cnr, base=base, config=config, response=row.response):
+                if sink is not None:
+                    sink(rid, event)
+                if not type(event).__name__.endswith("Delta"):
+                    events.append(event)
+            error = next((f"{e.kind}: {e.message}" for e in events if isinstance(e, ErrorEvent) and e.stage == "base"), None)
+            return rid, output_row(row, rid, events), error
+
+    tasks = [asyncio.create_task(one(rid, row)) for rid, row in rows]
+    try:
+        for finished in asyncio.as_completed(tasks):
+            yield await finished
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _run(rows: list[tuple[str, PromptRow]], settings: Settings, output: Path, db_url: str | None) -> int:
+    from tqdm import tqdm
+
+    pool = BackendPool(settings)
+    remote = settings.base_backend != "local" or settings.cnr_backend != "local"
+    sink, close_sink = _database_sink(db_url) if db_url else (None, None)
+    failures = 0
+    try:
+        with output.open("a", encoding="utf-8") as out, tqdm(total=len(rows), unit="prompt", desc="revise") as bar:
+            async for rid, data, error in revise_rows(
+                rows, pool, loop_config(settings), concurrency=settings.concurrency if remote else 1, sink=sink
+            ):
+                if data is None:
+                    failures += 1
+                    tqdm.write(f"{rid}: base answer failed ({error}); not written, rerun to retry", file=sys.stderr)
+                else:
+                    out.write(json.dumps(data, ensure_ascii=False) + "\n")
+                    out.flush()
+                    bar.set_postfix(last=f"{len(data['rounds'])} rounds, {data['stop_reason']}")
+                bar.update()
+    finally:
+        await pool.aclose()
+        if close_sink:
+            close_sink()
+    return failures
+
+
+def _database_sink(url: str) -> tuple[EventSink, Callable[[], None]]:
+    """Persist every row's turn and rounds to the database as they finish."""
+    from db.recording import database_sink
+
+    return database_sink(url)
+
+
+@click.command("revise")
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSONL/CSV of {id?, prompt | messages, response?}; rows with a response are revised as given.")
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL to append results to; ids already in it are skipped (resume).")
+@click.option("--rounds", type=click.IntRange(1, 10), help="Critique→revision rounds per prompt [default 3].")
+@click.option("--stop-early/--no-stop-early", default=None,
+              help="Stop when the critique finds nothing to fix or the revision is unchanged [default on].")
+@click.option("--limit", type=click.IntRange(1), help="Only the first N rows of the input.")
+@click.option("--concurrency", type=click.IntRange(1, 256), help="Prompts in flight at once for remote backends [default 4].")
+@click.option("--skip-invalid", is_flag=True, help="Skip invalid input rows instead of refusing the file.")
+@click.option("--db", "db_url", help="Also store every turn and round in this database (SQLAlchemy URL or SQLite file path).")
+@model_options
+def command(input_path: Path, output: Path, limit: int | None, skip_invalid: bool, db_url: str | None,
+            stop_early: bool | None, **options: Any) -> None:
+    """Critique and revise answers, round after round, for every prompt in INPUT.
+
+    Rows without a `response` are first answered by the base model. Each round's critique and
+    revision is written; the run resumes where it stopped if OUTPUT already has some ids.
+
+    \b
+    Example (the shipped sample, embedded model, offline):
+      python -m refine revise --input samples/prompts.jsonl --output revised.jsonl --rounds 2 --limit 2
+    """
+    settings = settings_from({**options, "stop_early": stop_early})
+    try:
+        rows = read_rows(input_path, PromptRow, skip_invalid=skip_invalid)
+    except InvalidRecordsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if limit:
+        rows = rows[:limit]
+    finished = done_ids(output)
+    todo = [(rid, row) for i, row in enumerate(rows, start=1) if (rid := row_id(row, i)) not in finished]
+    if finished:
+        click.echo(f"resuming: {len(rows) - len(todo)} of {len(rows)} prompts already in {output}", err=True)
+    if not todo:
+        click.echo("nothing to do", err=True)
+        return
+    failures = asyncio.run(_run(todo, settings, output, db_url))
+    click.echo(f"wrote {len(todo) - failures} rows to {output}" + (f"; {failures} failed" if failures else ""), err=True)
+    if failures:
+        sys.exit(1)

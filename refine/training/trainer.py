@@ -1,0 +1,215 @@
+"""One CnR fine-tuning run with TRL's SFTTrainer: LoRA (default), QLoRA or full fine-tuning,
+the same code on a laptop CPU and under `accelerate launch` on GPUs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from refine.records import write_jsonl
+from refine.training.config import TrainConfig
+from refine.training.data import DataSplit, load_records, record_id, split_records, to_dataset
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was converted from
+
+
+@dataclass
+class TrainResult:
+    """What a run produced and measured."""
+
+    output: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_split(config: TrainConfig) -> DataSplit:
+    """Read and split the data — every data error surfaces here, before any model loads."""
+    records = load_records(config.data, skip_invalid=config.skip_invalid)
+    eval_records = load_records(config.eval_data, skip_invalid=config.skip_invalid) if config.eval_data else None
+    return split_records(records, eval_records=eval_records, heldout_share=config.heldout_share,
+                         limit=config.limit, seed=config.seed)
+
+
+def _use_bf16(config: TrainConfig) -> bool:
+    import torch
+
+    from refine.backends.local import resolve_dtype
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_dtype(config.dtype, device) == torch.bfloat16
+
+
+def sft_config(config: TrainConfig, *, has_eval: bool) -> Any:
+    """TRL's SFTConfig for a run (built before the model loads, so DeepSpeed ZeRO-3 can shard it)."""
+    import torch
+    from trl import SFTConfig
+
+    per_epoch = "steps" if config.save_steps else "epoch"
+    return SFTConfig(
+        output_dir=str(Path(config.output) / "checkpoints"),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=config.warmup_ratio,
+        max_length=config.max_length,
+        completion_only_loss=True,  # loss on critique + revision only, never on the prompt
+        train_sampling_strategy="group_by_length",  # batches of similar length: little padding
+        gradient_checkpointing=config.gradient_checkpointing,
+        bf16=_use_bf16(config),
+        use_cpu=not torch.cuda.is_available(),
+        eval_strategy="epoch" if has_eval else "no",
+        save_strategy=per_epoch,
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        dataloader_num_workers=0,
+    )
+
+
+def load_base(config: TrainConfig) -> tuple[Any, Any]:
+    """The base model and tokenizer: the embedded GGUF (dequantised), a folder, a GGUF file or a
+    hub id — resolved as the local backend does; 4-bit NF4 with `load_in_4bit` (GPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from refine.backends.local import resolve_dtype, split_model_ref
+
+    ref, gguf = split_model_ref(config.base_model)
+    kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Frozen LoRA bases run in the compute dtype; full fine-tuning keeps fp32 master weights.
+    dtype = torch.float32 if config.full else resolve_dtype(config.dtype, device)
+    if config.load_in_4bit:
+        from accelerate import PartialState
+        from transformers import BitsAndBytesConfig
+
+        if config.full:
+            raise ValueError("--load-in-4bit is for LoRA (QLoRA); it cannot be combined with --full")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": PartialState().local_process_index}
+    tokenizer = AutoTokenizer.from_pretrained(ref, **({"gguf_file": gguf} if gguf else {}))
+    model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, **kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def lora_config(config: TrainConfig) -> Any:
+    """PEFT LoRA settings of a run."""
+    from peft import LoraConfig
+
+    targets: Any = config.target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+
+
+def build_trainer(config: TrainConfig, split: DataSplit, callbacks: list[Any] | None = None) -> Any:
+    """An SFTTrainer over the split's prompt-completion datasets."""
+    from trl import SFTTrainer
+
+    args = sft_config(config, has_eval=bool(split.heldout))
+    model, tokenizer = load_base(config)
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=to_dataset(split.train),
+        eval_dataset=to_dataset(split.heldout) if split.heldout else None,
+        processing_class=tokenizer,
+        peft_config=None if config.full else lora_config(config),
+        callbacks=callbacks,
+    )
+
+
+def last_checkpoint(output: str | Path) -> str | None:
+    """The newest checkpoint folder of a run, if any."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = Path(output) / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def write_split(output: Path, split: DataSplit) -> None:
+    """The ids trained on and held out (split.json) and the held-out records (heldout.jsonl)."""
+    ids = {"train": [record_id(r) for r in split.train], "heldout": [record_id(r) for r in split.heldout]}
+    (output / "split.json").write_text(json.dumps(ids, indent=1) + "\n", encoding="utf-8")
+    write_jsonl(output / "heldout.jsonl", split.heldout)
+
+
+def save_model(trainer: Any, config: TrainConfig, output: Path) -> None:
+    """Adapter (safetensors, in the compute dtype to keep it small) or full model, plus tokenizer."""
+    import torch
+
+    model = trainer.model
+    if not config.full:
+        if trainer.args.bf16:
+            model.to(torch.bfloat16)
+        if not config.base_model:  # point the adapter at the hub model the embedded GGUF comes from
+            model.peft_config["default"].base_model_name_or_path = EMBEDDED_HUB_ID
+    trainer.save_model(str(output))
+    trainer.processing_class.save_pretrained(str(output))
+
+
+def train(config: TrainConfig, callbacks: list[Any] | None = None) -> TrainResult:
+    """Fine-tune a CnR model as configured and write the run folder (see README of the folder)."""
+    from refine.training.card import write_model_card
+
+    split = prepare_split(config)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    resume_from = last_checkpoint(output) if config.resume else None
+    if config.resume and resume_from is None:
+        log.warning("no checkpoint in %s/checkpoints: starting from the beginning", output)
+    config.save(output / "settings.json")
+    write_split(output, split)
+
+    started = time.time()
+    trainer = build_trainer(config, split, callbacks)
+    trainer.model.config.use_cache = False
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.time() - started
+    tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * config.epochs
+    metrics: dict[str, Any] = {
+        "train_records": len(split.train),
+        "heldout_records": len(split.heldout),
+        "train_loss": round(result.training_loss, 4),
+        "global_step": trainer.state.global_step,
+        "train_runtime_s": round(result.metrics.get("train_runtime", seconds), 1),
+        "wall_time_s": round(seconds, 1),
+        "train_tokens": int(tokens),
+        "tokens_per_s": round(tokens / max(result.metrics.get("train_runtime", seconds), 1e-9), 1),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "bf16": trainer.args.bf16,
+        "resumed_from": resume_from,
+    }
+    if split.heldout:
+        metrics["eval_loss"] = round(trainer.evaluate()["eval_loss"], 4)
+    metrics["log_history"] = trainer.state.log_history
+    save_model(trainer, config, output)
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_model_card(output, config, metrics)
+    return TrainResult(output=output, metrics=metrics)
