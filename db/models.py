@@ -1,0 +1,162 @@
+"""The schema: conversations, turns, refinement rounds, votes and feedback (SQLAlchemy 2.x ORM).
+
+Versions of an answer are numbered by round: 0 is the base answer, k is the revision of
+round k. Times are UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ROUND_STATUSES = ("complete", "failed", "cancelled")
+CHOICES = ("left", "right", "tie", "both_bad")
+
+
+def utcnow() -> datetime:
+    """The current time in UTC."""
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    # Named constraints, so that migrations can refer to them (and SQLite batch mode works).
+    metadata = MetaData(naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    })
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Conversation(Base):
+    """A chat session; its turns are numbered by `position`."""
+
+    __tablename__ = "conversations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Turn(Base):
+    """One user prompt and the base model's answer to it (version 0)."""
+
+    __tablename__ = "turns"
+    __table_args__ = (UniqueConstraint("conversation_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)  # the last user message
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # the whole chat, ending with the prompt
+    backend: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(512))
+    answer: Mapped[str] = mapped_column(Text)  # partial text when `error` is set
+    given: Mapped[bool] = mapped_column(Boolean, default=False)  # the answer came with the input
+    error: Mapped[str | None] = mapped_column(Text)  # why the base answer failed
+    ttft: Mapped[float | None] = mapped_column(Float)
+    duration: Mapped[float] = mapped_column(Float, default=0.0)
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Round(Base):
+    """One critique-and-revise round of a turn; `round_index` starts at 1."""
+
+    __tablename__ = "rounds"
+    __table_args__ = (
+        UniqueConstraint("turn_id", "round_index"),
+        CheckConstraint("round_index >= 1", name="round_index_positive"),
+        CheckConstraint(_in("status", ROUND_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    turn_id: Mapped[int] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"))
+    round_index: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(512))
+    adapter: Mapped[str | None] = mapped_column(String(512))
+    critique: Mapped[str] = mapped_column(Text)
+    revision: Mapped[str] = mapped_column(Text)  # partial text unless status is complete
+    status: Mapped[str] = mapped_column(String(16))
+    stop_reason: Mapped[str | None] = mapped_column(String(32))
+    nothing_to_fix: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    ttft: Mapped[float | None] = mapped_column(Float)
+    duration: Mapped[float] = mapped_column(Float, default=0.0)
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+HIGH_ROUND_SQL = "CASE WHEN left_round > right_round THEN left_round ELSE right_round END"
+
+
+def _high_round(context: Any) -> int:
+    params = context.get_current_parameters()
+    return max(params["left_round"], params["right_round"])
+
+
+class Vote(Base):
+    """A blind A/B comparison of two versions of a turn's answer.
+
+    `left_round` is the version shown on the left (or first), `right_round` the other one;
+    0 is the base answer. `choice` names the side the voter preferred.
+    """
+
+    __tablename__ = "votes"
+    __table_args__ = (
+        CheckConstraint(_in("choice", CHOICES), name="choice"),
+        CheckConstraint("left_round >= 0 AND right_round >= 0", name="rounds_non_negative"),
+        CheckConstraint("left_round <> right_round", name="rounds_differ"),
+        CheckConstraint(f"high_round = {HIGH_ROUND_SQL}", name="high_round_is_max"),
+        # Covers the statistics query, whose per-(turn, round) grouping then needs no sort.
+        Index(None, "turn_id", "high_round", "left_round", "right_round", "choice"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    turn_id: Mapped[int] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"))
+    left_round: Mapped[int] = mapped_column(Integer)
+    right_round: Mapped[int] = mapped_column(Integer)
+    # The later of the two versions (the round a vote is about), derived on insert.
+    high_round: Mapped[int] = mapped_column(Integer, default=_high_round)
+    choice: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(128), unique=True)  # idempotency key from the client
+    voter_hash: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Feedback(Base):
+    """A user's written critique and/or edited answer for one version of a turn's answer."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        CheckConstraint("critique IS NOT NULL OR edited_answer IS NOT NULL", name="has_content"),
+        CheckConstraint("round_index >= 0", name="round_index_non_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    turn_id: Mapped[int] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"), index=True)
+    round_index: Mapped[int] = mapped_column(Integer)  # the version the feedback is about
+    critique: Mapped[str | None] = mapped_column(Text)
+    edited_answer: Mapped[str | None] = mapped_column(Text)
+    voter_hash: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

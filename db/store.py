@@ -1,0 +1,233 @@
+"""Writes the app and the CLI make (turns, rounds, votes, feedback) and the reads they need.
+
+Every write validates its input first and runs in one short transaction: a refused write
+raises `InvalidInput` and leaves the database untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, get_args
+
+from pydantic import ValidationError
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.engine import session_factory, write_session
+from db.errors import InvalidInput
+from db.models import CHOICES, Conversation, Feedback, Round, Turn, Vote
+from refine.events import RoundDone, StopReason, Timing
+from refine.records import PromptRow
+
+MAX_TEXT_CHARS = 100_000  # per text field (prompt, answer, critique, revision, each message)
+MAX_CHAT_CHARS = 1_000_000  # a whole conversation
+MAX_NAME_CHARS = 512  # model, adapter, error kind
+MAX_KEY_CHARS = 128  # idempotency key, voter hash
+STOP_REASONS = frozenset(get_args(StopReason))
+
+
+def _text(name: str, value: Any, limit: int = MAX_TEXT_CHARS, *, optional: bool = False) -> str | None:
+    """`value` if it is a storable string, else InvalidInput."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
+    if len(value) > limit:
+        raise InvalidInput(f"{name} is too long: {len(value):,} characters (limit {limit:,})")
+    if "\x00" in value:
+        raise InvalidInput(f"{name} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{name} is not valid Unicode text ({exc.reason})") from None
+    return value
+
+
+def _round_number(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(f"{name} must be a round index >= 0, got {value!r}")
+    return value
+
+
+def chat_messages(prompt: str | None, messages: Sequence[dict[str, str]] | None) -> list[dict[str, str]]:
+    """The prompt as chat messages (exactly one of `prompt` or `messages` ending with a user
+    turn), validated for storage; else InvalidInput."""
+    try:
+        chat = PromptRow(prompt=prompt, messages=messages).chat()
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid prompt: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    for i, message in enumerate(chat):
+        _text(f"messages[{i}].content", message["content"])
+    if sum(len(m["content"]) for m in chat) > MAX_CHAT_CHARS:
+        raise InvalidInput(f"the conversation is too long (limit {MAX_CHAT_CHARS:,} characters)")
+    return chat
+
+
+def hash_voter(identity: str, salt: str = "") -> str:
+    """A stable pseudonym for a voter (e.g. a session id or IP): hex SHA-256 of salt + identity."""
+    return hashlib.sha256(f"{salt}\x1f{identity}".encode()).hexdigest()
+
+
+def create_conversation(engine: Engine) -> int:
+    """Start a conversation; returns its id."""
+    with write_session(engine) as session:
+        conversation = Conversation()
+        session.add(conversation)
+        session.flush()
+        return conversation.id
+
+
+def record_turn(engine: Engine, *, answer: str, model: str, backend: str, prompt: str | None = None,
+                messages: Sequence[dict[str, str]] | None = None, given: bool = False,
+                timing: Timing | None = None, error: str | None = None,
+                conversation_id: int | None = None) -> int:
+    """Store a turn once its base answer has ended; returns the turn id.
+
+    Give the prompt as `prompt` or as chat `messages` ending with the user's turn. `error` marks a
+    base answer that failed (`answer` then holds its partial text). Without `conversation_id`
+    the turn starts a new conversation; otherwise it becomes that conversation's next turn.
+    """
+    chat = chat_messages(prompt, messages)
+    values = dict(
+        prompt=chat[-1]["content"], messages=chat, answer=_text("answer", answer),
+        model=_text("model", model, MAX_NAME_CHARS), backend=_text("backend", backend, 32),
+        given=bool(given), error=_text("error", error, optional=True),
+    )
+    timing = timing or Timing()
+    with write_session(engine) as session:
+        if conversation_id is None:
+            conversation = Conversation()
+            session.add(conversation)
+            session.flush()
+            position = 0
+        else:
+            conversation = session.scalar(
+                select(Conversation).where(Conversation.id == conversation_id).with_for_update())
+            if conversation is None:
+                raise InvalidInput(f"conversation {conversation_id} does not exist")
+            last = session.scalar(select(func.max(Turn.position)).where(Turn.conversation_id == conversation_id))
+            position = 0 if last is None else last + 1
+        turn = Turn(conversation_id=conversation.id, position=position, ttft=timing.ttft,
+                    duration=timing.duration, tokens=timing.tokens, **values)
+        session.add(turn)
+        session.flush()
+        return turn.id
+
+
+def record_round(engine: Engine, turn_id: int, done: RoundDone, *, adapter: str | None = None) -> int:
+    """Store a round once it has ended (complete, failed or cancelled, with its partial text);
+    returns the round id. `adapter` names the CnR adapter when the model id does not."""
+    if done.status not in ("complete", "failed", "cancelled"):
+        raise InvalidInput(f"round status must be complete, failed or cancelled, got {done.status!r}")
+    if done.stop_reason is not None and done.stop_reason not in STOP_REASONS:
+        raise InvalidInput(f"unknown stop reason {done.stop_reason!r}")
+    if not isinstance(done.round, int) or done.round < 1:
+        raise InvalidInput(f"round index must be >= 1, got {done.round!r}")
+    row = Round(
+        turn_id=turn_id, round_index=done.round, model=_text("model", done.model, MAX_NAME_CHARS),
+        adapter=_text("adapter", adapter, MAX_NAME_CHARS, optional=True),
+        critique=_text("critique", done.critique), revision=_text("revision", done.revision),
+        status=done.status, stop_reason=done.stop_reason, nothing_to_fix=bool(done.nothing_to_fix),
+        error=_text("error", done.error, optional=True), ttft=done.timing.ttft,
+        duration=done.timing.duration, tokens=done.timing.tokens,
+    )
+    with write_session(engine) as session:
+        _turn(session, turn_id)
+        if session.scalar(select(Round.id).where(Round.turn_id == turn_id, Round.round_index == done.round)):
+            raise InvalidInput(f"turn {turn_id} already has a round {done.round}")
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def _turn(session: Session, turn_id: Any) -> Turn:
+    if not isinstance(turn_id, int) or isinstance(turn_id, bool):
+        raise InvalidInput(f"turn id must be an integer, got {turn_id!r}")
+    turn = session.get(Turn, turn_id)
+    if turn is None:
+        raise InvalidInput(f"turn {turn_id} does not exist")
+    return turn
+
+
+def _check_versions(session: Session, turn_id: Any, *indices: int) -> None:
+    """InvalidInput unless the turn exists and each index is its answer (0) or a complete round."""
+    turn = _turn(session, turn_id)
+    if 0 in indices and turn.error is not None:
+        raise InvalidInput(f"turn {turn_id} has no complete base answer")
+    wanted = {i for i in indices if i}
+    if wanted:
+        found = set(session.scalars(select(Round.round_index).where(
+            Round.turn_id == turn_id, Round.round_index.in_(wanted), Round.status == "complete")))
+        if wanted - found:
+            raise InvalidInput(f"turn {turn_id} has no complete round {min(wanted - found)}")
+
+
+def record_vote(engine: Engine, *, turn_id: int, left_round: int, right_round: int, choice: str,
+                key: str, voter_hash: str | None = None) -> Vote:
+    """Store a blind A/B vote; returns it. Idempotent: a vote whose `key` is already stored is
+    returned as it was stored, and nothing is written.
+
+    `left_round`/`right_round` are the versions shown on the left and right (0 = the base
+    answer, k = round k's revision); `choice` is one of left, right, tie, both_bad.
+    """
+    if choice not in CHOICES:
+        raise InvalidInput(f"choice must be one of {', '.join(CHOICES)}; got {choice!r}")
+    left, right = _round_number("left_round", left_round), _round_number("right_round", right_round)
+    if left == right:
+        raise InvalidInput("a vote compares two different versions")
+    if not _text("key", key, MAX_KEY_CHARS).strip():
+        raise InvalidInput("key is empty")
+    _text("voter_hash", voter_hash, MAX_KEY_CHARS, optional=True)
+    try:
+        with write_session(engine) as session:
+            existing = session.scalar(select(Vote).where(Vote.key == key))
+            if existing is not None:
+                return existing
+            _check_versions(session, turn_id, left, right)
+            vote = Vote(turn_id=turn_id, left_round=left, right_round=right, choice=choice, key=key,
+                        voter_hash=voter_hash)
+            session.add(vote)
+            session.flush()
+            return vote
+    except IntegrityError:
+        # Another writer stored the same key between our check and insert (PostgreSQL).
+        with session_factory(engine)() as session:
+            existing = session.scalar(select(Vote).where(Vote.key == key))
+        if existing is None:
+            raise
+        return existing
+
+
+def record_feedback(engine: Engine, *, turn_id: int, round_index: int, critique: str | None = None,
+                    edited_answer: str | None = None, voter_hash: str | None = None) -> int:
+    """Store a user's written critique and/or edited answer of version `round_index` of a
+    turn's answer (0 = the base answer); returns the feedback id. Blank texts count as absent."""
+    index = _round_number("round_index", round_index)
+    critique = _text("critique", critique, optional=True)
+    edited_answer = _text("edited_answer", edited_answer, optional=True)
+    critique = critique if critique and critique.strip() else None
+    edited_answer = edited_answer if edited_answer and edited_answer.strip() else None
+    if critique is None and edited_answer is None:
+        raise InvalidInput("feedback needs a critique or an edited answer")
+    _text("voter_hash", voter_hash, MAX_KEY_CHARS, optional=True)
+    with write_session(engine) as session:
+        _check_versions(session, turn_id, index)
+        row = Feedback(turn_id=turn_id, round_index=index, critique=critique, edited_answer=edited_answer,
+                       voter_hash=voter_hash)
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def versions(engine: Engine, turn_id: int) -> dict[int, str]:
+    """The versions of a turn's answer that can be compared: 0 = the base answer (unless it
+    failed), k = the revision of each complete round k."""
+    with session_factory(engine)() as session:
+        turn = _turn(session, turn_id)
+        found = {} if turn.error is not None else {0: turn.answer}
+        rows = session.execute(select(Round.round_index, Round.revision).where(
+            Round.turn_id == turn_id, Round.status == "complete").order_by(Round.round_index))
+        found.update({index: text for index, text in rows})
+        return found
