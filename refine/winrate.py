@@ -118,10 +118,12 @@ def save_plot(series: Mapping[str, Sequence[WinRate]], path: str | Path, *, titl
         y = np.array([r.rate for r in points])
         err = np.array([[r.rate - r.ci_low for r in points], [r.ci_high - r.rate for r in points]])
         ax.errorbar(x, y, yerr=err if points else None, marker="o", capsize=4, label=label)
-    ax.set_xticks(sorted(rounds))
+    if rounds:
+        ax.set_xticks(sorted(rounds))
+        ax.set_xlim(min(rounds) - 0.5, max(rounds) + 0.5)
     ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
     ax.yaxis.set_major_formatter(lambda v, _pos: f"{100 * v:.0f}%")
     if title:
         ax.set_title(title)
