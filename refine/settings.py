@@ -53,7 +53,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> "Settings":
-        for role in ("base", "cnr"):
-            if getattr(self, f"{role}_backend") != "local" and not getattr(self, f"{role}_url"):
-                raise ValueError(f"{role}_backend={getattr(self, f'{role}_backend')!r} needs REFINE_{role.upper()}_URL")
+        if self.base_backend != "local" and not self.base_url:
+            raise ValueError(f"base_backend={self.base_backend!r} needs REFINE_BASE_URL")
+        shares_url = self.cnr_backend == self.base_backend and self.base_url
+        if self.cnr_backend != "local" and not (self.cnr_url or shares_url):
+            raise ValueError(f"cnr_backend={self.cnr_backend!r} needs REFINE_CNR_URL")
         return self

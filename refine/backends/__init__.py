@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
+from pydantic import SecretStr
+
 from refine.backends.base import Backend, GenerationParams
 from refine.embedded import SHIPPED_ADAPTER
 from refine.settings import Settings
@@ -14,12 +16,21 @@ log = logging.getLogger(__name__)
 Role = Literal["base", "cnr"]
 
 
+def _shares_base(settings: Settings) -> bool:
+    return settings.cnr_backend == settings.base_backend
+
+
+def cnr_model(settings: Settings) -> str:
+    """The CnR model reference: its own, else the base model's on the same backend ('' = embedded)."""
+    return settings.cnr_model or (settings.base_model if _shares_base(settings) else "")
+
+
 def cnr_adapter(settings: Settings) -> str | None:
     """The adapter the CnR model uses: the configured one, 'none' for none, and by default the
     shipped adapter when the CnR model is the embedded default."""
     if settings.cnr_adapter:
         return None if settings.cnr_adapter.lower() == "none" else settings.cnr_adapter
-    if settings.cnr_backend == "local" and not settings.cnr_model and SHIPPED_ADAPTER.exists():
+    if settings.cnr_backend == "local" and not cnr_model(settings) and SHIPPED_ADAPTER.exists():
         return str(SHIPPED_ADAPTER)
     return None
 
@@ -28,7 +39,7 @@ def cnr_few_shot(settings: Settings) -> bool:
     """Whether CnR prompts carry few-shot examples (an untuned instruct model)."""
     if settings.cnr_mode != "auto":
         return settings.cnr_mode == "few-shot"
-    return settings.cnr_backend == "local" and not settings.cnr_model and cnr_adapter(settings) is None
+    return settings.cnr_backend == "local" and not cnr_model(settings) and cnr_adapter(settings) is None
 
 
 def generation_params(settings: Settings, role: Role) -> GenerationParams:
@@ -55,18 +66,42 @@ class BackendPool:
 
     def _build(self, role: Role) -> Backend:
         s = self.settings
-        kind = s.base_backend if role == "base" else s.cnr_backend
-        model = s.base_model if role == "base" else (s.cnr_model or (s.base_model if s.base_backend == "local" else ""))
+        if role == "base":
+            return self.backend(s.base_backend, s.base_model, url=s.base_url, api_key=s.base_api_key)
+        shared = _shares_base(s)
+        return self.backend(s.cnr_backend, cnr_model(s), url=s.cnr_url or (s.base_url if shared else None),
+                            api_key=s.cnr_api_key or (s.base_api_key if shared else None), adapter=cnr_adapter(s))
+
+    def backend(self, kind: str, model: str, *, url: str | None = None, api_key: SecretStr | None = None,
+                adapter: str | None = None) -> Backend:
+        """A backend of any kind (also used for judges); local models are loaded once per
+        (model, adapter) and remote ones retry failures before their first token."""
+        s = self.settings
         if kind == "local":
             from refine.backends.local import LocalBackend, LocalModel
 
-            adapter = cnr_adapter(s) if role == "cnr" else None
             key = (model, adapter, s.dtype)
             if key not in self._local:
                 log.info("loading local model %r (adapter %r)", model or "embedded", adapter)
                 self._local[key] = LocalModel(model, adapter=adapter, dtype=s.dtype)
             return LocalBackend(self._local[key])  # type: ignore[arg-type]
-        return _remote_backend(role, kind, model, s)
+        if not url:
+            raise ValueError(f"the {kind} backend needs a server URL")
+        timeouts = {"timeout": s.timeout, "connect_timeout": s.connect_timeout}
+        if kind == "tgi":
+            from refine.backends.tgi import TGIBackend
+
+            remote: Backend = TGIBackend(url, model=model, adapter_id=adapter, tokenizer=s.tokenizer,
+                                         api_key=api_key, **timeouts)
+        elif kind == "openai":
+            from refine.backends.openai_compat import OpenAICompatBackend
+
+            remote = OpenAICompatBackend(url, model=model, api_key=api_key, **timeouts)
+        else:
+            raise ValueError(f"unknown backend {kind!r}; choose local, tgi or openai")
+        from refine.backends.retry import RetryingBackend
+
+        return RetryingBackend(remote, retries=s.retries)
 
     async def aclose(self) -> None:
         """Close every backend and stop the local models' workers."""
@@ -76,7 +111,3 @@ class BackendPool:
             local.close()  # type: ignore[attr-defined]
         self._built.clear()
         self._local.clear()
-
-
-def _remote_backend(role: Role, kind: str, model: str, s: Settings) -> Backend:
-    raise NotImplementedError(f"{kind} backend is not wired yet")
