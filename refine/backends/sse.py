@@ -2,14 +2,15 @@
 events, with a connect timeout, a next-event timeout, a bearer token, and every failure raised as
 a typed error whose message names the server and never contains the token.
 
-Why httpx directly rather than huggingface_hub's AsyncInferenceClient (2.4.0): that client
-(a) takes one `timeout` for connecting and for reading, so "connect within 10 s, then a token
-every 60 s" cannot be said; (b) lets httpx2's ConnectError, ReadTimeout and RemoteProtocolError
-escape unconverted from the middle of a stream; (c) keeps every streamed response open in the
-client's exit stack until `close()`; (d) reads an error body of a streamed request only when the
-server sent Content-Length; (e) drops llama.cpp's non-standard `error:` lines, so a too-long
-prompt there looks like an empty answer. Mapping failures precisely is the job here, so the
-protocol (small: one POST, SSE framing, JSON events) is spoken directly.
+Why httpx directly rather than huggingface_hub's AsyncInferenceClient (2.4.0), checked against
+the stand-in servers in tests/: that client (a) takes one `timeout` for connecting and reading,
+so "connect within 10 s, then a token every 60 s" cannot be said; (b) lets httpx2's ConnectError,
+RemoteProtocolError (stream cut) and ReadTimeout (stalled stream) escape unconverted; (c) fails
+with httpx2.ResponseNotRead on an error status whose body is chunked instead of reporting it;
+(d) ignores llama.cpp's non-standard `error:` lines, so a too-long prompt there becomes an empty
+answer; (e) keeps every streamed response in its exit stack until `close()`; (f) refuses
+`get_endpoint_info()` for a plain URL unless `provider="hf-inference"`. Mapping failures
+precisely is the job here, and the protocol is small (one POST, SSE framing, JSON events).
 """
 
 from __future__ import annotations

@@ -1,0 +1,313 @@
+"""The `tgi` backend and the retry wrapper against a stand-in TGI over a real socket."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from tests.standin_servers import (
+    KEEP_ALIVE,
+    TGI_INFO,
+    TGI_MODEL,
+    Cut,
+    Pause,
+    check_openapi,
+    json_reply,
+    refused_url,
+    sse_reply,
+    text_reply,
+    tgi_error,
+    tgi_events,
+    tgi_server,
+)
+
+from refine.backends.base import (
+    Backend,
+    BackendError,
+    BackendOverloaded,
+    BackendTimeout,
+    BackendUnavailable,
+    BadRequest,
+    ContextTooLong,
+    GenerationParams,
+    StreamBroken,
+)
+from refine.backends.retry import RetryingBackend, backoff_delay
+from refine.backends.tgi import TGIBackend, render_prompt
+
+TOKEN = "hf_standin_SECRET_4f9c2a"
+MESSAGES = [{"role": "user", "content": "Name a colour."}]
+GREEDY = GenerationParams(max_new_tokens=64)
+TOKENS = ["Hello", ",", " wor", "ld", " ✓", "\n", ""]
+TOO_LONG = "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 8192. Given: 8000 `inputs` tokens and 512 `max_new_tokens`"
+
+
+@pytest.fixture
+def server():
+    with tgi_server() as s:
+        yield s
+
+
+@pytest.fixture
+def tokenizer_dir(tiny_model_dir: Path) -> str:
+    return str(tiny_model_dir)
+
+
+@pytest.fixture
+async def make(tokenizer_dir: str):
+    made: list[Backend] = []
+
+    def _make(url: str, **kwargs) -> TGIBackend:
+        kwargs = {"tokenizer": tokenizer_dir, "api_key": TOKEN, "timeout": 2.0, "connect_timeout": 1.0, **kwargs}
+        made.append(TGIBackend(url, **kwargs))
+        return made[-1]
+
+    yield _make
+    for backend in made:
+        await backend.aclose()
+
+
+async def collect(backend: Backend, params: GenerationParams = GREEDY) -> tuple[list[str], BackendError | None]:
+    deltas: list[str] = []
+    try:
+        async for delta in backend.stream(MESSAGES, params):
+            deltas.append(delta)
+    except BackendError as err:
+        return deltas, err
+    return deltas, None
+
+
+def test_standin_speaks_the_openapi_spec():
+    for events in (tgi_events(TOKENS), tgi_events(TOKENS, eos=None, seed=7)):
+        for event in events:
+            check_openapi(event, "StreamResponse")
+        assert events[-1]["generated_text"] == "".join(TOKENS) and events[-1]["details"]
+        assert all(e["generated_text"] is None and e["details"] is None for e in events[:-1])
+    check_openapi(TGI_INFO, "Info")
+    check_openapi(tgi_error("Model is overloaded", "overloaded"), "ErrorResponse")
+    with pytest.raises(AssertionError):  # the check is not vacuous
+        check_openapi({"index": 1, "token": {"id": 1, "text": "a", "logprob": 0.0}}, "StreamResponse")
+
+
+async def test_streams_one_delta_per_token_and_sends_template_adapter_and_token(server, make, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    server.on("POST", "/generate_stream", sse_reply([KEEP_ALIVE, *tgi_events(TOKENS), KEEP_ALIVE]))
+    backend = make(server.url, adapter_id="org/cnr-lora")
+    params = GenerationParams(max_new_tokens=64, stop=("\n\n",))
+
+    deltas, err = await collect(backend, params)
+
+    assert err is None
+    assert deltas == TOKENS  # one per token, the special EOS left out
+    assert "".join(deltas) == "Hello, world ✓\n"
+    [request] = server.requests_to("/generate_stream")
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    expected = AutoTokenizer.from_pretrained(tokenizer_dir).apply_chat_template(
+        MESSAGES, tokenize=False, add_generation_prompt=True
+    )
+    assert request.json == {
+        "inputs": expected,
+        "parameters": {
+            "max_new_tokens": 64,
+            "details": True,
+            "return_full_text": False,
+            "do_sample": False,
+            "stop": ["\n\n"],
+            "adapter_id": "org/cnr-lora",
+        },
+    }
+    check_openapi(request.json, "GenerateRequest")
+    assert backend.model_id == f"{TGI_MODEL}+org/cnr-lora"
+
+
+async def test_sampling_parameters(server, make):
+    server.on("POST", "/generate_stream", sse_reply(tgi_events(["x"])))
+    backend = make(server.url)
+    await collect(backend, GenerationParams(max_new_tokens=8, temperature=0.7, top_p=0.9, seed=42))
+    await collect(backend, GenerationParams(max_new_tokens=8, temperature=0.7))
+    sampled, full_top_p = (r.json["parameters"] for r in server.requests_to("/generate_stream"))
+    assert sampled == {
+        "max_new_tokens": 8, "details": True, "return_full_text": False,
+        "do_sample": True, "temperature": 0.7, "top_p": 0.9, "seed": 42,
+    }
+    assert "top_p" not in full_top_p  # TGI refuses top_p = 1.0
+    assert len(server.requests_to("/info")) == 1  # fetched once
+
+
+@pytest.mark.parametrize(
+    ("status", "reply", "error"),
+    [
+        (422, json_reply(tgi_error("Input validation error: `top_k` must be strictly positive", "validation"), 422), BadRequest),
+        (422, json_reply(tgi_error(TOO_LONG, "validation"), 422), ContextTooLong),
+        (424, json_reply(tgi_error("Request failed during generation: Server error: CUDA out of memory", "generation"), 424), BackendUnavailable),
+        (429, json_reply(tgi_error("Model is overloaded", "overloaded"), 429), BackendOverloaded),
+        (500, json_reply(tgi_error("Incomplete generation", "incomplete_generation"), 500), BackendUnavailable),
+        (503, text_reply("<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>", 503), BackendUnavailable),
+    ],
+)
+async def test_http_errors_map_to_typed_errors(server, make, status, reply, error):
+    server.on("POST", "/generate_stream", reply)
+    deltas, err = await collect(make(server.url))
+    assert deltas == [] and type(err) is error
+    assert err.status == status and err.partial == ""
+    assert server.url in err.message and str(status) in err.message
+    assert TOKEN not in err.message
+
+
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        (tgi_error(TOO_LONG, "validation"), ContextTooLong),
+        (tgi_error("Input validation error: `temperature` must be strictly positive", "validation"), BadRequest),
+        (tgi_error("Model is overloaded", "overloaded"), BackendOverloaded),
+    ],
+)
+async def test_error_event_before_any_token(server, make, event, error):
+    # Real TGI answers /generate_stream with 200 and reports validation errors as an event.
+    server.on("POST", "/generate_stream", sse_reply([event]))
+    deltas, err = await collect(make(server.url))
+    assert deltas == [] and type(err) is error
+    assert event["error"] in err.message and server.url in err.message
+
+
+async def test_error_event_mid_stream_is_broken_stream_with_partial(server, make):
+    failure = tgi_error("Request failed during generation: Server error: CUDA out of memory", "generation")
+    server.on("POST", "/generate_stream", sse_reply([*tgi_events(TOKENS)[:3], failure]))
+    deltas, err = await collect(make(server.url))
+    assert type(err) is StreamBroken
+    assert err.partial == "".join(deltas) == "Hello, wor"
+    assert "CUDA out of memory" in err.message and server.url in err.message
+
+
+async def test_stream_cut_mid_answer(server, make):
+    server.on("POST", "/generate_stream", sse_reply([*tgi_events(TOKENS)[:4], Cut()]))
+    deltas, err = await collect(make(server.url))
+    assert type(err) is StreamBroken and err.partial == "Hello, world"
+    assert server.url in err.message
+
+
+async def test_stream_that_ends_without_last_event(server, make):
+    server.on("POST", "/generate_stream", sse_reply(tgi_events(TOKENS)[:2]))
+    deltas, err = await collect(make(server.url))
+    assert type(err) is StreamBroken and err.partial == "Hello,"
+
+
+async def test_prompt_over_the_servers_limits_fails_before_sending(make):
+    with tgi_server(max_input_tokens=5, max_total_tokens=4096) as server:
+        deltas, err = await collect(make(server.url))
+        assert type(err) is ContextTooLong and "at most 5 input tokens" in err.message
+    with tgi_server(max_input_tokens=4000, max_total_tokens=100) as server:
+        deltas, err = await collect(make(server.url), GenerationParams(max_new_tokens=512))
+        assert type(err) is ContextTooLong and "max_new_tokens (512)" in err.message and "100" in err.message
+        assert server.requests_to("/generate_stream") == []
+
+
+async def test_connection_refused(make):
+    url = refused_url()
+    deltas, err = await collect(make(url))
+    assert type(err) is BackendUnavailable and url in err.message
+
+
+async def test_stalled_server_times_out_despite_keep_alives(server, make):
+    keep_alives = [step for _ in range(30) for step in (KEEP_ALIVE, Pause(0.1))]
+    server.on("POST", "/generate_stream", sse_reply(keep_alives))
+    started = time.monotonic()
+    deltas, err = await collect(make(server.url, timeout=0.3))
+    assert type(err) is BackendTimeout and "0.3 s" in err.message
+    assert time.monotonic() - started < 1.5
+
+
+async def test_stall_mid_stream_times_out_with_partial(server, make):
+    server.on("POST", "/generate_stream", sse_reply([*tgi_events(TOKENS)[:2], Pause(5)]))
+    deltas, err = await collect(make(server.url, timeout=0.3))
+    assert type(err) is BackendTimeout and err.partial == "Hello,"
+
+
+async def test_health(server, make):
+    backend = make(server.url)
+    await backend.health()
+    server.on("GET", "/health", json_reply(tgi_error("unhealthy", "healthcheck"), 503))
+    with pytest.raises(BackendUnavailable, match="503.*unhealthy"):
+        await backend.health()
+
+
+async def test_token_from_hf_token_env_and_never_in_messages(server, make, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    # A (badly behaved) proxy that echoes the request's Authorization header in its error.
+    server.on("POST", "/generate_stream", json_reply({"error": f"bad header: Bearer {TOKEN}"}, 401))
+    backend = make(server.url, api_key=None)
+    deltas, err = await collect(backend)
+    assert server.requests[-1].headers["authorization"] == f"Bearer {TOKEN}"
+    assert type(err) is BackendError and "***" in err.message and "check the API key" in err.message
+    for text in (str(err), repr(err), repr(backend), repr(RetryingBackend(backend))):
+        assert TOKEN not in text
+
+
+async def test_tokenizer_that_cannot_be_loaded_is_a_clear_error(server, make):
+    deltas, err = await collect(make(server.url, tokenizer="no-such-org/no-such-model"))
+    assert type(err) is BackendError and "REFINE_TOKENIZER" in err.message
+    assert server.requests_to("/generate_stream") == []
+
+
+def test_template_bos_is_not_doubled():
+    class Tok:  # a tokenizer that adds BOS itself and whose template writes it too
+        chat_template = "x"
+        bos_token, bos_token_id = "<s>", 1
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return "<s>[INST] hi [/INST]"
+
+        def __call__(self, text):
+            return {"input_ids": [1] + [5] * len(text.split())}
+
+    assert render_prompt(Tok(), MESSAGES) == ("[INST] hi [/INST]", 4)
+
+
+# --- retries ---------------------------------------------------------------------------------
+
+
+def retrying(backend: Backend, retries: int = 2) -> RetryingBackend:
+    return RetryingBackend(backend, retries=retries, base_delay=0.01, max_delay=0.05)
+
+
+async def test_retry_before_first_token_succeeds_after_transient_failures(server, make):
+    server.on(
+        "POST",
+        "/generate_stream",
+        text_reply("<html>503 Service Temporarily Unavailable</html>", 503),
+        sse_reply([tgi_error("Model is overloaded", "overloaded")]),
+        json_reply(tgi_error("Model is overloaded", "overloaded"), 429),
+        sse_reply(tgi_events(TOKENS)),
+    )
+    deltas, err = await collect(retrying(make(server.url), retries=3))
+    assert err is None and deltas == TOKENS
+    assert len(server.requests_to("/generate_stream")) == 4
+
+
+async def test_no_retry_after_first_token(server, make):
+    server.on("POST", "/generate_stream", sse_reply([*tgi_events(TOKENS)[:2], Cut()]), sse_reply(tgi_events(TOKENS)))
+    deltas, err = await collect(retrying(make(server.url)))
+    assert type(err) is StreamBroken and err.partial == "Hello,"
+    assert len(server.requests_to("/generate_stream")) == 1
+
+
+async def test_no_retry_for_bad_requests(server, make):
+    server.on("POST", "/generate_stream", json_reply(tgi_error(TOO_LONG, "validation"), 422), sse_reply(tgi_events(TOKENS)))
+    deltas, err = await collect(retrying(make(server.url)))
+    assert type(err) is ContextTooLong
+    assert len(server.requests_to("/generate_stream")) == 1
+
+
+async def test_retries_give_up_with_the_last_error(make):
+    url = refused_url()
+    deltas, err = await collect(retrying(make(url), retries=2))
+    assert type(err) is BackendUnavailable and "gave up after 3 attempts" in err.message and url in err.message
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap():
+    assert backoff_delay(0, base=0.5, cap=8, rand=lambda: 0.0) == 0.25
+    assert backoff_delay(0, base=0.5, cap=8, rand=lambda: 0.999) < 0.5
+    assert backoff_delay(3, base=0.5, cap=8, rand=lambda: 0.0) == 2.0
+    assert backoff_delay(10, base=0.5, cap=8, rand=lambda: 0.999) < 8
