@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from db.engine import make_engine, writer
+from db.engine import WRITE_OPTION, make_engine, write_lock
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -53,7 +53,8 @@ def _migrate(target: Engine | str | None, action, revision: str) -> None:
     engine, own = _engine(target)
     try:
         config = alembic_config()
-        with writer(engine).connect() as connection:
+        with write_lock(engine), engine.connect() as connection:
+            connection.execution_options(**{WRITE_OPTION: True})
             sqlite = connection.dialect.name == "sqlite"
             if sqlite:
                 # Batch migrations rebuild tables; with foreign keys on, dropping a parent table

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from typing import Any, get_args
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.engine import session_factory, write_session
+from db.engine import session_factory, write_connection, write_session
 from db.errors import InvalidInput
-from db.models import CHOICES, Conversation, Feedback, Round, Turn, Vote
+from db.models import CHOICES, Conversation, Feedback, Round, Turn, Vote, utcnow
 from refine.events import RoundDone, StopReason, Timing
 from refine.records import PromptRow
 
@@ -164,10 +164,25 @@ def _check_versions(session: Session, turn_id: Any, *indices: int) -> None:
             raise InvalidInput(f"turn {turn_id} has no complete round {min(wanted - found)}")
 
 
+_VOTE_CHECK = select(
+    select(Vote.id).where(Vote.key == bindparam("key")).scalar_subquery().label("existing"),
+    select(Turn.error).where(Turn.id == bindparam("turn_id")).scalar_subquery().label("turn_error"),
+    select(Turn.id).where(Turn.id == bindparam("turn_id")).scalar_subquery().label("turn"),
+    select(func.count()).where(Round.turn_id == bindparam("turn_id"),
+                               Round.round_index.in_([bindparam("left_round"), bindparam("right_round")]),
+                               Round.status == "complete").scalar_subquery().label("rounds"),
+)
+_VOTE_COLUMNS = [c for c in Vote.__table__.columns]
+
+
+def _stored_vote(connection: Connection, key: str) -> Row:
+    return connection.execute(select(*_VOTE_COLUMNS).where(Vote.key == key)).one()
+
+
 def record_vote(engine: Engine, *, turn_id: int, left_round: int, right_round: int, choice: str,
-                key: str, voter_hash: str | None = None) -> Vote:
-    """Store a blind A/B vote; returns it. Idempotent: a vote whose `key` is already stored is
-    returned as it was stored, and nothing is written.
+                key: str, voter_hash: str | None = None) -> Row:
+    """Store a blind A/B vote; returns the stored row (attributes as in `Vote`). Idempotent: a vote whose `key` is
+    already stored is returned as it was stored, and nothing is written.
 
     `left_round`/`right_round` are the versions shown on the left and right (0 = the base
     answer, k = round k's revision); `choice` is one of left, right, tie, both_bad.
@@ -180,24 +195,31 @@ def record_vote(engine: Engine, *, turn_id: int, left_round: int, right_round: i
     if not _text("key", key, MAX_KEY_CHARS).strip():
         raise InvalidInput("key is empty")
     _text("voter_hash", voter_hash, MAX_KEY_CHARS, optional=True)
+    if not isinstance(turn_id, int) or isinstance(turn_id, bool):
+        raise InvalidInput(f"turn id must be an integer, got {turn_id!r}")
+    values = dict(turn_id=turn_id, left_round=left, right_round=right, high_round=max(left, right),
+                  choice=choice, key=key, voter_hash=voter_hash, created_at=utcnow())
+    # One validating query and one insert: this is the hot write path (Core, not the ORM).
     try:
-        with write_session(engine) as session:
-            existing = session.scalar(select(Vote).where(Vote.key == key))
-            if existing is not None:
-                return existing
-            _check_versions(session, turn_id, left, right)
-            vote = Vote(turn_id=turn_id, left_round=left, right_round=right, choice=choice, key=key,
-                        voter_hash=voter_hash)
-            session.add(vote)
-            session.flush()
-            return vote
+        with write_connection(engine) as connection:
+            check = connection.execute(_VOTE_CHECK, values).one()
+            if check.existing is not None:
+                return _stored_vote(connection, key)
+            if check.turn is None:
+                raise InvalidInput(f"turn {turn_id} does not exist")
+            if 0 in (left, right) and check.turn_error is not None:
+                raise InvalidInput(f"turn {turn_id} has no complete base answer")
+            if check.rounds < (left > 0) + (right > 0):
+                raise InvalidInput(f"turn {turn_id} has no complete round {left if left else right}"
+                                   if 0 in (left, right) else
+                                   f"turn {turn_id} lacks a complete round {left} or {right}")
+            return connection.execute(insert(Vote).returning(*_VOTE_COLUMNS), values).one()
     except IntegrityError:
         # Another writer stored the same key between our check and insert (PostgreSQL).
-        with session_factory(engine)() as session:
-            existing = session.scalar(select(Vote).where(Vote.key == key))
-        if existing is None:
-            raise
-        return existing
+        with engine.connect() as connection:
+            if connection.execute(select(Vote.id).where(Vote.key == key)).first() is None:
+                raise
+            return _stored_vote(connection, key)
 
 
 def record_feedback(engine: Engine, *, turn_id: int, round_index: int, critique: str | None = None,

@@ -28,7 +28,7 @@ def _online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from db.engine import make_engine, writer
+    from db.engine import make_engine, write_connection
 
     url = config.get_main_option("sqlalchemy.url")
     if not url:
@@ -37,7 +37,7 @@ def _online() -> None:
         url = Settings().database_url
     engine = make_engine(url)
     try:
-        with writer(engine).connect() as connection:
+        with write_connection(engine) as connection:
             _run(connection)
     finally:
         engine.dispose()
