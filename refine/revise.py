@@ -26,7 +26,7 @@ from refine.loop import LoopConfig, refine_turn
 from refine.records import InvalidRecordsError, PromptRow, read_rows
 from refine.settings import Settings
 
-EventSink = Callable[[str, Event], None]  # (row id, event) — e.g. the database recorder
+RowRecorder = Callable[[PromptRow], Callable[[Event], None]]  # row -> event sink (e.g. the database)
 
 
 def row_id(row: PromptRow, position: int) -> str:
@@ -86,10 +86,10 @@ async def revise_rows(
     config: LoopConfig,
     *,
     concurrency: int = 1,
-    sink: EventSink | None = None,
+    recorder: RowRecorder | None = None,
 ) -> AsyncIterator[tuple[str, dict[str, Any] | None, str | None]]:
     """Refine rows with at most `concurrency` in flight; yields (id, output row or None, error)
-    as each finishes."""
+    as each finishes. `recorder`, if given, makes an event sink for each row."""
     cnr = pool.get("cnr")
     needs_base = any(r.response is None for _, r in rows)
     base = pool.get("base") if needs_base else None
@@ -98,9 +98,10 @@ async def revise_rows(
     async def one(rid: str, row: PromptRow) -> tuple[str, dict[str, Any] | None, str | None]:
         async with limit:
             events: list[Event] = []
+            sink = recorder(row) if recorder else None
             async for event in refine_turn(row.chat(), cnr=cnr, base=base, config=config, response=row.response):
                 if sink is not None:
-                    sink(rid, event)
+                    sink(event)
                 if not type(event).__name__.endswith("Delta"):
                     events.append(event)
             error = next((f"{e.kind}: {e.message}" for e in events if isinstance(e, ErrorEvent) and e.stage == "base"), None)
@@ -120,12 +121,12 @@ async def _run(rows: list[tuple[str, PromptRow]], settings: Settings, output: Pa
 
     pool = BackendPool(settings)
     remote = settings.base_backend != "local" or settings.cnr_backend != "local"
-    sink, close_sink = _database_sink(db_url) if db_url else (None, None)
+    recorder, engine = _database_recorder(db_url, settings) if db_url else (None, None)
     failures = 0
     try:
         with output.open("a", encoding="utf-8") as out, tqdm(total=len(rows), unit="prompt", desc="revise") as bar:
             async for rid, data, error in revise_rows(
-                rows, pool, loop_config(settings), concurrency=settings.concurrency if remote else 1, sink=sink
+                rows, pool, loop_config(settings), concurrency=settings.concurrency if remote else 1, recorder=recorder
             ):
                 if data is None:
                     failures += 1
@@ -137,16 +138,24 @@ async def _run(rows: list[tuple[str, PromptRow]], settings: Settings, output: Pa
                 bar.update()
     finally:
         await pool.aclose()
-        if close_sink:
-            close_sink()
+        if engine is not None:
+            engine.dispose()
     return failures
 
 
-def _database_sink(url: str) -> tuple[EventSink, Callable[[], None]]:
-    """Persist every row's turn and rounds to the database as they finish."""
-    from db.recording import database_sink
+def _database_recorder(url: str, settings: Settings) -> tuple[RowRecorder, Any]:
+    """Store every row's turn as its base answer ends and each round as it ends."""
+    from db import open_database
+    from db.recorder import EventRecorder
 
-    return database_sink(url)
+    engine = open_database(url if "://" in url else f"sqlite:///{Path(url).resolve()}")
+
+    def recorder(row: PromptRow) -> Callable[[Event], None]:
+        messages = [m.model_dump() for m in row.messages] if row.messages else None
+        backend = "input" if row.response is not None else settings.base_backend
+        return EventRecorder(engine, backend=backend, prompt=row.prompt, messages=messages).feed
+
+    return recorder, engine
 
 
 @click.command("revise")
