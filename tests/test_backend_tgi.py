@@ -286,10 +286,12 @@ async def test_retry_before_first_token_succeeds_after_transient_failures(server
     assert len(server.requests_to("/generate_stream")) == 4
 
 
-async def test_no_retry_after_first_token(server, make):
-    server.on("POST", "/generate_stream", sse_reply([*tgi_events(TOKENS)[:2], Cut()]), sse_reply(tgi_events(TOKENS)))
-    deltas, err = await collect(retrying(make(server.url)))
-    assert type(err) is StreamBroken and err.partial == "Hello,"
+@pytest.mark.parametrize(("failure", "error"), [(Cut(), StreamBroken), (Pause(5), BackendTimeout)])
+async def test_no_retry_after_first_token(server, make, failure, error):
+    # A timeout is retryable before the first token, but not once text has gone out.
+    server.on("POST", "/generate_stream", sse_reply([*tgi_events(TOKENS)[:2], failure]), sse_reply(tgi_events(TOKENS)))
+    deltas, err = await collect(retrying(make(server.url, timeout=0.3)))
+    assert type(err) is error and err.partial == "Hello," and deltas == ["Hello", ","]
     assert len(server.requests_to("/generate_stream")) == 1
 
 

@@ -148,6 +148,8 @@ def _classify(status: int | None, error_type: str, message: str) -> type[Backend
         return BackendOverloaded
     if is_context_too_long(f"{message} {error_type}"):
         return ContextTooLong
+    if status in (401, 403, 404):  # credentials or names to fix: neither invalid input nor retryable
+        return BackendError
     if status in (400, 413, 422) or kind in ("validation", "invalid_request_error", "badrequesterror"):
         return BadRequest
     if status in (408, 504):
