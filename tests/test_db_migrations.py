@@ -1,0 +1,118 @@
+"""Alembic migrations: an old database upgrades with its rows intact, the models match the
+migrations, and `python -m refine db …` works from any folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from click.testing import CliRunner
+from sqlalchemy import Engine, text
+
+from db.engine import make_engine
+from db.migrate import current, downgrade, head, upgrade
+from db.models import Base
+from db.stats import vote_win_rates
+from db.store import record_feedback, record_vote
+from refine.cli import main as cli
+
+OLD_ROWS = """
+INSERT INTO conversations (id, created_at) VALUES (1, '2026-01-01 10:00:00');
+INSERT INTO turns (id, conversation_id, position, prompt, messages, backend, model, answer, given, error, ttft,
+                   duration, tokens, created_at)
+VALUES (1, 1, 0, 'Hi ''there'' 👋', '[{"role": "user", "content": "Hi ''there'' 👋"}]', 'local', 'smol', 'Hello',
+        0, NULL, 0.5, 1.25, 3, '2026-01-01 10:00:01'),
+       (2, 1, 1, 'Again', '[{"role": "user", "content": "Again"}]', 'tgi', 'big', 'Hey', 1, NULL, NULL, 0, 0,
+        '2026-01-01 10:00:02');
+INSERT INTO rounds (id, turn_id, round_index, model, adapter, critique, revision, status, stop_reason,
+                    nothing_to_fix, error, ttft, duration, tokens, created_at)
+VALUES (1, 1, 1, 'cnr', 'a1', 'too short', 'Hello there!', 'complete', NULL, 0, NULL, 0.1, 2.0, 9, '2026-01-01 10:00:03'),
+       (2, 1, 2, 'cnr', 'a1', 'fine', 'Hello there!!', 'complete', 'max_rounds', 0, NULL, 0.1, 2.0, 9, '2026-01-01 10:00:04'),
+       (3, 2, 1, 'cnr', NULL, 'x', 'partial', 'failed', 'failed', 0, 'unparseable', NULL, 1.0, 5, '2026-01-01 10:00:05');
+INSERT INTO votes (id, turn_id, left_round, right_round, choice, key, voter_hash, created_at)
+VALUES (1, 1, 1, 0, 'left', 'k1', 'h1', '2026-01-01 11:00:00'),
+       (2, 1, 0, 1, 'right', 'k2', NULL, '2026-01-01 11:00:01'),
+       (3, 1, 0, 2, 'left', 'k3', 'h2', '2026-01-01 11:00:02'),
+       (4, 1, 2, 1, 'tie', 'k4', NULL, '2026-01-01 11:00:03'),
+       (5, 2, 0, 1, 'both_bad', 'k5', NULL, '2026-01-01 11:00:04');
+"""
+TABLES = ("conversations", "turns", "rounds", "votes")
+
+
+def dump(engine: Engine) -> dict[str, list[dict]]:
+    with engine.connect() as c:
+        return {t: [dict(r._mapping) for r in c.execute(text(f"SELECT * FROM {t} ORDER BY id"))] for t in TABLES}
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    yield engine
+    engine.dispose()
+
+
+def test_first_revision_upgrades_to_head_with_rows_intact(engine: Engine) -> None:
+    upgrade(engine, "0001")
+    assert current(engine) == "0001"
+    with engine.begin() as c:
+        for statement in OLD_ROWS.split(";"):
+            if statement.strip():
+                c.execute(text(statement))
+    before = dump(engine)
+
+    upgrade(engine)
+    assert current(engine) == head() == "0003"
+    after = dump(engine)
+    for table in TABLES:
+        assert [{k: v for k, v in row.items() if k != "high_round"} for row in after[table]] == before[table]
+    assert [row["high_round"] for row in after["votes"]] == [1, 1, 2, 2, 1]  # backfilled by 0003
+
+    # The upgraded database works: feedback (added by 0002), votes and statistics.
+    assert record_feedback(engine, turn_id=1, round_index=2, critique="ok", edited_answer="Hi!") == 1
+    assert record_vote(engine, turn_id=1, left_round=2, right_round=0, choice="right", key="k6").high_round == 2
+    by_round = {r.round: r for r in vote_win_rates(engine, "original", n_boot=200)}
+    assert (by_round[1].wins, by_round[1].both_bad, by_round[2].wins, by_round[2].losses) == (2, 1, 0, 2)
+    with engine.connect() as c, pytest.raises(Exception, match="CHECK constraint failed"):
+        c.execute(text("INSERT INTO votes (turn_id, left_round, right_round, high_round, choice, key, created_at)"
+                       " VALUES (1, 0, 2, 1, 'left', 'bad', '2026-01-01')"))
+
+
+def test_downgrade_and_upgrade_again_keep_votes(engine: Engine) -> None:
+    upgrade(engine, "0001")
+    with engine.begin() as c:
+        for statement in OLD_ROWS.split(";"):
+            if statement.strip():
+                c.execute(text(statement))
+    upgrade(engine)
+    before = dump(engine)
+    downgrade(engine, "0001")
+    assert current(engine) == "0001"
+    upgrade(engine)
+    assert dump(engine) == before
+    downgrade(engine, "base")
+    assert current(engine) is None
+
+
+def test_models_match_the_migrations(engine: Engine) -> None:
+    upgrade(engine)
+    with engine.connect() as c:
+        diff = compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+
+
+def test_db_commands_upgrade_and_report_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no alembic.ini here: the config is built in code
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["db", "current", "--db", url])
+    assert result.exit_code == 0, result.output
+    assert "empty (head: 0003, needs `python -m refine db upgrade`)" in result.output
+    result = runner.invoke(cli, ["db", "upgrade", "--db", url, "--revision", "0002"])
+    assert result.exit_code == 0 and "empty -> 0002" in result.output, result.output
+    monkeypatch.setenv("REFINE_DATABASE_URL", url)  # the settings' URL is the default
+    result = runner.invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 0 and "0002 -> 0003" in result.output, result.output
+    result = runner.invoke(cli, ["db", "current"])
+    assert "0003 (head: 0003, up to date)" in result.output
