@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 SPECS = Path(__file__).resolve().parents[2] / "shared" / "specs"
 TGI_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -186,7 +186,9 @@ class StandinServer:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._httpd = _QuietHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -213,7 +215,7 @@ class StandinServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def __enter__(self) -> StandinServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -315,7 +317,9 @@ def openapi_schemas() -> dict[str, Any]:
     return _spec_cache
 
 
-def check_openapi(instance: Any, schema: str | dict[str, Any], *, strict: bool = True, where: str = "$") -> None:
+def check_openapi(
+    instance: Any, schema: str | dict[str, Any], *, strict: bool = True, where: str = "$"
+) -> None:
     """Raise AssertionError where `instance` breaks the named schema. Understands the keywords the
     TGI spec uses ($ref, allOf, oneOf, type, nullable, required, properties, items, enum, minimum,
     maximum, maxItems). `strict` also refuses properties the schema does not declare."""
@@ -338,9 +342,18 @@ def check_openapi(instance: Any, schema: str | dict[str, Any], *, strict: bool =
                 pass
         assert matches == 1, f"{where}: matches {matches} of oneOf, not exactly 1"
     kind = spec.get("type")
-    types = {"object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float)}
+    types = {
+        "object": dict,
+        "array": list,
+        "string": str,
+        "boolean": bool,
+        "integer": int,
+        "number": (int, float),
+    }
     if kind:
-        ok = isinstance(instance, types[kind]) and not (kind in ("integer", "number") and isinstance(instance, bool))
+        ok = isinstance(instance, types[kind]) and not (
+            kind in ("integer", "number") and isinstance(instance, bool)
+        )
         assert ok, f"{where}: {instance!r} is not {kind}"
     if "enum" in spec:
         assert instance in spec["enum"], f"{where}: {instance!r} not in {spec['enum']}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import aclosing
 
 import pytest
 
@@ -75,7 +76,9 @@ async def make():
         await backend.aclose()
 
 
-async def collect(backend: Backend, params: GenerationParams = PARAMS) -> tuple[list[str], BackendError | None]:
+async def collect(
+    backend: Backend, params: GenerationParams = PARAMS
+) -> tuple[list[str], BackendError | None]:
     deltas: list[str] = []
     try:
         async for delta in backend.stream(MESSAGES, params):
@@ -155,21 +158,129 @@ async def test_an_empty_answer_with_a_finish_reason_is_not_an_error(server, make
     ("reply", "error"),
     [
         # vLLM (current and older error bodies), before any event
-        (json_reply({"error": {"message": TOO_LONG_VLLM, "type": "BadRequestError", "param": None, "code": 400}}, 400), ContextTooLong),
-        (json_reply({"object": "error", "message": TOO_LONG_VLLM, "type": "BadRequestError", "param": None, "code": 400}, 400), ContextTooLong),
-        (json_reply({"error": {"message": "temperature must be non-negative, got -1.0.", "type": "BadRequestError", "code": 400}}, 400), BadRequest),
+        (
+            json_reply(
+                {"error": {"message": TOO_LONG_VLLM, "type": "BadRequestError", "param": None, "code": 400}},
+                400,
+            ),
+            ContextTooLong,
+        ),
+        (
+            json_reply(
+                {
+                    "object": "error",
+                    "message": TOO_LONG_VLLM,
+                    "type": "BadRequestError",
+                    "param": None,
+                    "code": 400,
+                },
+                400,
+            ),
+            ContextTooLong,
+        ),
+        (
+            json_reply(
+                {
+                    "error": {
+                        "message": "temperature must be non-negative, got -1.0.",
+                        "type": "BadRequestError",
+                        "code": 400,
+                    }
+                },
+                400,
+            ),
+            BadRequest,
+        ),
         # TGI's Messages API
-        (json_reply({"error": {"message": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 512 `max_new_tokens`", "http_status_code": 422}}, 422), ContextTooLong),
-        (json_reply({"error": {"message": "Input validation error: `top_p` must be > 0.0 and < 1.0", "http_status_code": 422}}, 422), BadRequest),
+        (
+            json_reply(
+                {
+                    "error": {
+                        "message": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 512 `max_new_tokens`",
+                        "http_status_code": 422,
+                    }
+                },
+                422,
+            ),
+            ContextTooLong,
+        ),
+        (
+            json_reply(
+                {
+                    "error": {
+                        "message": "Input validation error: `top_p` must be > 0.0 and < 1.0",
+                        "http_status_code": 422,
+                    }
+                },
+                422,
+            ),
+            BadRequest,
+        ),
         # llama.cpp's server: 400 for a too-long prompt, 500 in some versions and for other failures
         (json_reply(TOO_LONG_LLAMA_CPP, 400), ContextTooLong),
-        (json_reply({"error": {"code": 500, "message": "Context size has been exceeded.", "type": "server_error"}}, 500), ContextTooLong),
-        (json_reply({"error": {"code": 500, "message": "Invalid input batch.", "type": "server_error"}}, 500), BackendUnavailable),
+        (
+            json_reply(
+                {
+                    "error": {
+                        "code": 500,
+                        "message": "Context size has been exceeded.",
+                        "type": "server_error",
+                    }
+                },
+                500,
+            ),
+            ContextTooLong,
+        ),
+        (
+            json_reply(
+                {"error": {"code": 500, "message": "Invalid input batch.", "type": "server_error"}}, 500
+            ),
+            BackendUnavailable,
+        ),
         # hosted APIs and proxies
-        (json_reply({"error": {"message": "Rate limit reached for model on tokens per min (TPM): Limit 30000, Requested 8000.", "type": "tokens", "code": "rate_limit_exceeded"}}, 429), BackendOverloaded),
-        (json_reply({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error", "code": "invalid_api_key"}}, 401), BackendError),
-        (json_reply({"error": {"message": "The model `served-model` does not exist.", "type": "NotFoundError", "code": 404}}, 404), BackendError),
-        (text_reply("<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>", 502), BackendUnavailable),
+        (
+            json_reply(
+                {
+                    "error": {
+                        "message": "Rate limit reached for model on tokens per min (TPM): Limit 30000, Requested 8000.",
+                        "type": "tokens",
+                        "code": "rate_limit_exceeded",
+                    }
+                },
+                429,
+            ),
+            BackendOverloaded,
+        ),
+        (
+            json_reply(
+                {
+                    "error": {
+                        "message": "Incorrect API key provided.",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+                401,
+            ),
+            BackendError,
+        ),
+        (
+            json_reply(
+                {
+                    "error": {
+                        "message": "The model `served-model` does not exist.",
+                        "type": "NotFoundError",
+                        "code": 404,
+                    }
+                },
+                404,
+            ),
+            BackendError,
+        ),
+        (
+            text_reply("<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>", 502),
+            BackendUnavailable,
+        ),
         (json_reply({"error": "upstream timed out"}, 504), BackendTimeout),
     ],
 )
@@ -184,7 +295,9 @@ async def test_http_errors_map_to_typed_errors(server, make, reply, error):
 async def test_llama_cpp_error_line_in_a_200_stream(server, make):
     # llama.cpp builds of 2025 answer a too-long streaming prompt with 200, a non-standard
     # `error:` line and [DONE]; a plain SSE reader sees an empty answer.
-    server.on("POST", PATH, sse_reply([f"error: {json.dumps(TOO_LONG_LLAMA_CPP['error'])}\n\n", "data: [DONE]\n\n"]))
+    server.on(
+        "POST", PATH, sse_reply([f"error: {json.dumps(TOO_LONG_LLAMA_CPP['error'])}\n\n", "data: [DONE]\n\n"])
+    )
     deltas, err = await collect(make(server.url))
     assert deltas == [] and type(err) is ContextTooLong and "available context size" in err.message
 
@@ -197,20 +310,26 @@ async def test_llama_cpp_json_error_with_status_200(server, make):
 
 async def test_a_200_stream_with_nothing_in_it_is_an_error_not_an_empty_answer(server, make):
     server.on("POST", PATH, sse_reply([]))
-    deltas, err = await collect(make(server.url))
+    _, err = await collect(make(server.url))
     assert type(err) is StreamBroken and err.partial == ""
     assert "without any text or finish reason" in err.message and "llama.cpp" in err.message
 
 
 async def test_error_event_before_any_text(server, make):
-    server.on("POST", PATH, sse_reply([{"error": {"message": TOO_LONG_VLLM, "type": "BadRequestError", "code": 400}}]))
+    server.on(
+        "POST",
+        PATH,
+        sse_reply([{"error": {"message": TOO_LONG_VLLM, "type": "BadRequestError", "code": 400}}]),
+    )
     deltas, err = await collect(make(server.url))
     assert deltas == [] and type(err) is ContextTooLong
 
 
 async def test_error_event_mid_stream_is_broken_stream_with_partial(server, make):
     chunks = openai_chunks(PIECES)
-    failure = {"error": {"message": "Request failed during generation: CUDA out of memory", "http_status_code": 424}}
+    failure = {
+        "error": {"message": "Request failed during generation: CUDA out of memory", "http_status_code": 424}
+    }
     server.on("POST", PATH, sse_reply([*chunks[:3], failure]))
     deltas, err = await collect(make(server.url))
     assert type(err) is StreamBroken and err.partial == "".join(deltas) == "Deep red,"
@@ -219,20 +338,20 @@ async def test_error_event_mid_stream_is_broken_stream_with_partial(server, make
 
 async def test_stream_cut_mid_answer(server, make):
     server.on("POST", PATH, sse_reply([*openai_chunks(PIECES)[:2], Cut()]))
-    deltas, err = await collect(make(server.url))
+    _, err = await collect(make(server.url))
     assert type(err) is StreamBroken and err.partial == "Deep red" and server.url in err.message
 
 
 async def test_stream_closed_cleanly_before_the_end(server, make):
     server.on("POST", PATH, sse_reply(openai_chunks(PIECES)[:2]))
-    deltas, err = await collect(make(server.url))
+    _, err = await collect(make(server.url))
     assert type(err) is StreamBroken and err.partial == "Deep red"
 
 
 async def test_stalled_server_times_out(server, make):
     server.on("POST", PATH, sse_reply([*openai_chunks(PIECES)[:1], Pause(5)]))
     started = time.monotonic()
-    deltas, err = await collect(make(server.url, timeout=0.3))
+    _, err = await collect(make(server.url, timeout=0.3))
     assert type(err) is BackendTimeout and err.partial == "Deep"
     assert time.monotonic() - started < 1.5
 
@@ -245,7 +364,7 @@ async def test_server_that_never_answers_times_out(server, make):
 
 async def test_connection_refused(make):
     url = refused_url()
-    deltas, err = await collect(make(url))
+    _, err = await collect(make(url))
     assert type(err) is BackendUnavailable and url in err.message
 
 
@@ -259,7 +378,7 @@ async def test_retries_transient_failures_but_not_after_text(server, make):
         sse_reply(openai_chunks(PIECES)),
     )
     backend = RetryingBackend(make(server.url), retries=3, base_delay=0.01, max_delay=0.05)
-    deltas, err = await collect(backend)
+    _, err = await collect(backend)
     assert type(err) is StreamBroken and err.partial == "Deep red"
     assert len(server.requests_to(PATH)) == 3  # two retries, none after the first delta
     assert await collect(backend) == (PIECES, None)
@@ -268,7 +387,20 @@ async def test_retries_transient_failures_but_not_after_text(server, make):
 async def test_api_key_never_appears_in_errors(server, make):
     server.on("POST", PATH, json_reply({"error": {"message": f"Incorrect API key provided: {KEY}."}}, 401))
     backend = make(f"http://user:{KEY}@{server.url.removeprefix('http://')}/v1")
-    deltas, err = await collect(backend)
+    _, err = await collect(backend)
     assert type(err) is BackendError and "check the API key" in err.message
     for text in (str(err), repr(err), repr(backend), backend.model_id):
         assert KEY not in text
+
+
+async def test_a_consumer_that_stops_early_releases_the_stream(server, make):
+    server.on(
+        "POST", PATH, sse_reply([*openai_chunks(PIECES)[:2], Pause(5)]), sse_reply(openai_chunks(PIECES))
+    )
+    backend = make(server.url, timeout=10.0)
+    started = time.monotonic()
+    async with aclosing(backend.stream(MESSAGES, PARAMS)) as deltas:
+        async for _ in deltas:
+            break  # e.g. the user pressed stop
+    assert time.monotonic() - started < 1.0
+    assert await collect(backend) == (PIECES, None)

@@ -6,6 +6,20 @@ import time
 from pathlib import Path
 
 import pytest
+
+from refine.backends.base import (
+    Backend,
+    BackendError,
+    BackendOverloaded,
+    BackendTimeout,
+    BackendUnavailable,
+    BadRequest,
+    ContextTooLong,
+    GenerationParams,
+    StreamBroken,
+)
+from refine.backends.retry import RetryingBackend, backoff_delay
+from refine.backends.tgi import TGIBackend, render_prompt
 from tests.standin_servers import (
     KEEP_ALIVE,
     TGI_INFO,
@@ -21,20 +35,6 @@ from tests.standin_servers import (
     tgi_events,
     tgi_server,
 )
-
-from refine.backends.base import (
-    Backend,
-    BackendError,
-    BackendOverloaded,
-    BackendTimeout,
-    BackendUnavailable,
-    BadRequest,
-    ContextTooLong,
-    GenerationParams,
-    StreamBroken,
-)
-from refine.backends.retry import RetryingBackend, backoff_delay
-from refine.backends.tgi import TGIBackend, render_prompt
 
 TOKEN = "hf_standin_SECRET_4f9c2a"
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
@@ -59,7 +59,13 @@ async def make(tokenizer_dir: str):
     made: list[Backend] = []
 
     def _make(url: str, **kwargs) -> TGIBackend:
-        kwargs = {"tokenizer": tokenizer_dir, "api_key": TOKEN, "timeout": 2.0, "connect_timeout": 1.0, **kwargs}
+        kwargs = {
+            "tokenizer": tokenizer_dir,
+            "api_key": TOKEN,
+            "timeout": 2.0,
+            "connect_timeout": 1.0,
+            **kwargs,
+        }
         made.append(TGIBackend(url, **kwargs))
         return made[-1]
 
@@ -68,7 +74,9 @@ async def make(tokenizer_dir: str):
         await backend.aclose()
 
 
-async def collect(backend: Backend, params: GenerationParams = GREEDY) -> tuple[list[str], BackendError | None]:
+async def collect(
+    backend: Backend, params: GenerationParams = GREEDY
+) -> tuple[list[str], BackendError | None]:
     deltas: list[str] = []
     try:
         async for delta in backend.stream(MESSAGES, params):
@@ -129,8 +137,13 @@ async def test_sampling_parameters(server, make):
     await collect(backend, GenerationParams(max_new_tokens=8, temperature=0.7))
     sampled, full_top_p = (r.json["parameters"] for r in server.requests_to("/generate_stream"))
     assert sampled == {
-        "max_new_tokens": 8, "details": True, "return_full_text": False,
-        "do_sample": True, "temperature": 0.7, "top_p": 0.9, "seed": 42,
+        "max_new_tokens": 8,
+        "details": True,
+        "return_full_text": False,
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "seed": 42,
     }
     assert "top_p" not in full_top_p  # TGI refuses top_p = 1.0
     assert len(server.requests_to("/info")) == 1  # fetched once
@@ -139,12 +152,33 @@ async def test_sampling_parameters(server, make):
 @pytest.mark.parametrize(
     ("status", "reply", "error"),
     [
-        (422, json_reply(tgi_error("Input validation error: `top_k` must be strictly positive", "validation"), 422), BadRequest),
+        (
+            422,
+            json_reply(
+                tgi_error("Input validation error: `top_k` must be strictly positive", "validation"), 422
+            ),
+            BadRequest,
+        ),
         (422, json_reply(tgi_error(TOO_LONG, "validation"), 422), ContextTooLong),
-        (424, json_reply(tgi_error("Request failed during generation: Server error: CUDA out of memory", "generation"), 424), BackendUnavailable),
+        (
+            424,
+            json_reply(
+                tgi_error("Request failed during generation: Server error: CUDA out of memory", "generation"),
+                424,
+            ),
+            BackendUnavailable,
+        ),
         (429, json_reply(tgi_error("Model is overloaded", "overloaded"), 429), BackendOverloaded),
-        (500, json_reply(tgi_error("Incomplete generation", "incomplete_generation"), 500), BackendUnavailable),
-        (503, text_reply("<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>", 503), BackendUnavailable),
+        (
+            500,
+            json_reply(tgi_error("Incomplete generation", "incomplete_generation"), 500),
+            BackendUnavailable,
+        ),
+        (
+            503,
+            text_reply("<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>", 503),
+            BackendUnavailable,
+        ),
     ],
 )
 async def test_http_errors_map_to_typed_errors(server, make, status, reply, error):
@@ -160,7 +194,10 @@ async def test_http_errors_map_to_typed_errors(server, make, status, reply, erro
     ("event", "error"),
     [
         (tgi_error(TOO_LONG, "validation"), ContextTooLong),
-        (tgi_error("Input validation error: `temperature` must be strictly positive", "validation"), BadRequest),
+        (
+            tgi_error("Input validation error: `temperature` must be strictly positive", "validation"),
+            BadRequest,
+        ),
         (tgi_error("Model is overloaded", "overloaded"), BackendOverloaded),
     ],
 )
@@ -183,30 +220,30 @@ async def test_error_event_mid_stream_is_broken_stream_with_partial(server, make
 
 async def test_stream_cut_mid_answer(server, make):
     server.on("POST", "/generate_stream", sse_reply([*tgi_events(TOKENS)[:4], Cut()]))
-    deltas, err = await collect(make(server.url))
+    _, err = await collect(make(server.url))
     assert type(err) is StreamBroken and err.partial == "Hello, world"
     assert server.url in err.message
 
 
 async def test_stream_that_ends_without_last_event(server, make):
     server.on("POST", "/generate_stream", sse_reply(tgi_events(TOKENS)[:2]))
-    deltas, err = await collect(make(server.url))
+    _, err = await collect(make(server.url))
     assert type(err) is StreamBroken and err.partial == "Hello,"
 
 
 async def test_prompt_over_the_servers_limits_fails_before_sending(make):
     with tgi_server(max_input_tokens=5, max_total_tokens=4096) as server:
-        deltas, err = await collect(make(server.url))
+        _, err = await collect(make(server.url))
         assert type(err) is ContextTooLong and "at most 5 input tokens" in err.message
     with tgi_server(max_input_tokens=4000, max_total_tokens=100) as server:
-        deltas, err = await collect(make(server.url), GenerationParams(max_new_tokens=512))
+        _, err = await collect(make(server.url), GenerationParams(max_new_tokens=512))
         assert type(err) is ContextTooLong and "max_new_tokens (512)" in err.message and "100" in err.message
         assert server.requests_to("/generate_stream") == []
 
 
 async def test_connection_refused(make):
     url = refused_url()
-    deltas, err = await collect(make(url))
+    _, err = await collect(make(url))
     assert type(err) is BackendUnavailable and url in err.message
 
 
@@ -214,14 +251,14 @@ async def test_stalled_server_times_out_despite_keep_alives(server, make):
     keep_alives = [step for _ in range(30) for step in (KEEP_ALIVE, Pause(0.1))]
     server.on("POST", "/generate_stream", sse_reply(keep_alives))
     started = time.monotonic()
-    deltas, err = await collect(make(server.url, timeout=0.3))
+    _, err = await collect(make(server.url, timeout=0.3))
     assert type(err) is BackendTimeout and "0.3 s" in err.message
     assert time.monotonic() - started < 1.5
 
 
 async def test_stall_mid_stream_times_out_with_partial(server, make):
     server.on("POST", "/generate_stream", sse_reply([*tgi_events(TOKENS)[:2], Pause(5)]))
-    deltas, err = await collect(make(server.url, timeout=0.3))
+    _, err = await collect(make(server.url, timeout=0.3))
     assert type(err) is BackendTimeout and err.partial == "Hello,"
 
 
@@ -238,7 +275,7 @@ async def test_token_from_hf_token_env_and_never_in_messages(server, make, monke
     # A (badly behaved) proxy that echoes the request's Authorization header in its error.
     server.on("POST", "/generate_stream", json_reply({"error": f"bad header: Bearer {TOKEN}"}, 401))
     backend = make(server.url, api_key=None)
-    deltas, err = await collect(backend)
+    _, err = await collect(backend)
     assert server.requests[-1].headers["authorization"] == f"Bearer {TOKEN}"
     assert type(err) is BackendError and "***" in err.message and "check the API key" in err.message
     for text in (str(err), repr(err), repr(backend), repr(RetryingBackend(backend))):
@@ -246,7 +283,7 @@ async def test_token_from_hf_token_env_and_never_in_messages(server, make, monke
 
 
 async def test_tokenizer_that_cannot_be_loaded_is_a_clear_error(server, make):
-    deltas, err = await collect(make(server.url, tokenizer="no-such-org/no-such-model"))
+    _, err = await collect(make(server.url, tokenizer="no-such-org/no-such-model"))
     assert type(err) is BackendError and "REFINE_TOKENIZER" in err.message
     assert server.requests_to("/generate_stream") == []
 
@@ -289,23 +326,35 @@ async def test_retry_before_first_token_succeeds_after_transient_failures(server
 @pytest.mark.parametrize(("failure", "error"), [(Cut(), StreamBroken), (Pause(5), BackendTimeout)])
 async def test_no_retry_after_first_token(server, make, failure, error):
     # A timeout is retryable before the first token, but not once text has gone out.
-    server.on("POST", "/generate_stream", sse_reply([*tgi_events(TOKENS)[:2], failure]), sse_reply(tgi_events(TOKENS)))
+    server.on(
+        "POST",
+        "/generate_stream",
+        sse_reply([*tgi_events(TOKENS)[:2], failure]),
+        sse_reply(tgi_events(TOKENS)),
+    )
     deltas, err = await collect(retrying(make(server.url, timeout=0.3)))
     assert type(err) is error and err.partial == "Hello," and deltas == ["Hello", ","]
     assert len(server.requests_to("/generate_stream")) == 1
 
 
 async def test_no_retry_for_bad_requests(server, make):
-    server.on("POST", "/generate_stream", json_reply(tgi_error(TOO_LONG, "validation"), 422), sse_reply(tgi_events(TOKENS)))
-    deltas, err = await collect(retrying(make(server.url)))
+    server.on(
+        "POST",
+        "/generate_stream",
+        json_reply(tgi_error(TOO_LONG, "validation"), 422),
+        sse_reply(tgi_events(TOKENS)),
+    )
+    _, err = await collect(retrying(make(server.url)))
     assert type(err) is ContextTooLong
     assert len(server.requests_to("/generate_stream")) == 1
 
 
 async def test_retries_give_up_with_the_last_error(make):
     url = refused_url()
-    deltas, err = await collect(retrying(make(url), retries=2))
-    assert type(err) is BackendUnavailable and "gave up after 3 attempts" in err.message and url in err.message
+    _, err = await collect(retrying(make(url), retries=2))
+    assert (
+        type(err) is BackendUnavailable and "gave up after 3 attempts" in err.message and url in err.message
+    )
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap():

@@ -30,26 +30,22 @@ from refine.backends.base import (
 )
 
 # How servers say "the prompt (plus the tokens asked for) does not fit the context window".
-_CONTEXT_TOO_LONG = re.compile(
-    "|".join(
-        [
-            r"`?inputs`? tokens \+ `?max_new_tokens`? must be <=",  # TGI (and its Messages API)
-            r"`?inputs`? must have less than \d+ tokens",  # TGI
-            r"maximum context length",  # OpenAI, vLLM, Mistral, DeepSeek
-            r"context_length_exceeded",  # OpenAI error code
-            r"longer than the maximum model length",  # vLLM
-            r"is too long and exceeds (the )?limit",  # vLLM
-            r"longer than the model'?s context length",  # SGLang
-            r"exceeds? the available context size",  # llama.cpp
-            r"exceed_context_size_error",  # llama.cpp error type
-            r"context size has been exceeded",  # llama.cpp (answered with 500)
-            r"exceeds the context window",
-            r"maximum prompt length",
-            r"prompt is too long",
-        ]
-    ),
-    re.IGNORECASE,
+_CONTEXT_PHRASES = (
+    r"`?inputs`? tokens \+ `?max_new_tokens`? must be <=",  # TGI (and its Messages API)
+    r"`?inputs`? must have less than \d+ tokens",  # TGI
+    r"maximum context length",  # OpenAI, vLLM, Mistral, DeepSeek
+    r"context_length_exceeded",  # OpenAI error code
+    r"longer than the maximum model length",  # vLLM
+    r"is too long and exceeds (the )?limit",  # vLLM
+    r"longer than the model'?s context length",  # SGLang
+    r"exceeds? the available context size",  # llama.cpp
+    r"exceed_context_size_error",  # llama.cpp error type
+    r"context size has been exceeded",  # llama.cpp (answered with 500)
+    r"exceeds the context window",
+    r"maximum prompt length",
+    r"prompt is too long",
 )
+_CONTEXT_TOO_LONG = re.compile("|".join(_CONTEXT_PHRASES), re.IGNORECASE)
 
 _MAX_MESSAGE = 500
 
@@ -94,7 +90,9 @@ def describe(payload: Any) -> tuple[str, str, int | None]:
 
 def is_error_payload(payload: Any) -> bool:
     """True for an error object sent where a normal event was expected."""
-    return isinstance(payload, dict) and (payload.get("error") is not None or payload.get("object") == "error")
+    return isinstance(payload, dict) and (
+        payload.get("error") is not None or payload.get("object") == "error"
+    )
 
 
 def error_from_status(where: str, status: int, body: Any) -> BackendError:
@@ -116,7 +114,9 @@ def error_from_event(where: str, payload: Any) -> BackendError:
     return cls(f"{where} sent an error in its stream{kind}: {message}", status=status)
 
 
-def error_from_transport(where: str, exc: Exception, *, timeout: float, connect_timeout: float) -> BackendError:
+def error_from_transport(
+    where: str, exc: Exception, *, timeout: float, connect_timeout: float
+) -> BackendError:
     """The typed error for a failure below HTTP: refused, cut, or no bytes within the timeout."""
     detail = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.ConnectTimeout):
@@ -136,7 +136,9 @@ def after_first_delta(err: BackendError, partial: str) -> BackendError:
     if isinstance(err, (BackendTimeout, StreamBroken)):
         return err.with_partial(partial)
     broken = StreamBroken(
-        f"the stream broke off after {len(partial)} characters: {err.message}", partial=partial, status=err.status
+        f"the stream broke off after {len(partial)} characters: {err.message}",
+        partial=partial,
+        status=err.status,
     )
     broken.__cause__ = err
     return broken
@@ -154,7 +156,11 @@ def _classify(status: int | None, error_type: str, message: str) -> type[Backend
         return BadRequest
     if status in (408, 504):
         return BackendTimeout
-    if kind in ("generation", "incomplete_generation", "healthcheck") or (status or 0) >= 500 or status == 424:
+    if (
+        kind in ("generation", "incomplete_generation", "healthcheck")
+        or (status or 0) >= 500
+        or status == 424
+    ):
         return BackendUnavailable
     return BackendError
 

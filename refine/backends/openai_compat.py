@@ -78,7 +78,9 @@ class OpenAICompatBackend:
                     if event.field == "error" or is_error_payload(payload):
                         raise error_from_event(self._http.where, payload)
                     if not isinstance(payload, dict):
-                        raise BackendError(f"{self._http.where} sent an event that is not a chunk: {event.data[:200]!r}")
+                        raise BackendError(
+                            f"{self._http.where} sent an event that is not a chunk: {event.data[:200]!r}"
+                        )
                     self._served = self._served or str(payload.get("model") or "")
                     for choice in payload.get("choices") or []:
                         if choice.get("index", 0) != 0:
@@ -90,7 +92,9 @@ class OpenAICompatBackend:
                         finished = finished or bool(choice.get("finish_reason"))
                 else:
                     if text and not finished:
-                        raise StreamBroken(f"{self._http.where} ended the stream without a finish reason or [DONE]")
+                        raise StreamBroken(
+                            f"{self._http.where} ended the stream without a finish reason or [DONE]"
+                        )
             if not text and not finished:
                 raise StreamBroken(
                     f"{self._http.where} ended the stream without any text or finish reason "

@@ -19,7 +19,9 @@ from refine.backends.base import Backend, BackendError, GenerationParams, Messag
 log = logging.getLogger(__name__)
 
 
-def backoff_delay(attempt: int, *, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
+def backoff_delay(
+    attempt: int, *, base: float, cap: float, rand: Callable[[], float] = random.random
+) -> float:
     """Seconds to wait before retry number `attempt` (0-based): base·2^attempt, capped, times a
     random factor in [0.5, 1) so that many clients do not retry in step."""
     return min(cap, base * 2**attempt) * (0.5 + 0.5 * rand())
@@ -28,7 +30,9 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rand: Callable[[], f
 class RetryingBackend:
     """A Backend that retries its inner backend's failures before the first delta."""
 
-    def __init__(self, inner: Backend, *, retries: int = 2, base_delay: float = 0.5, max_delay: float = 8.0) -> None:
+    def __init__(
+        self, inner: Backend, *, retries: int = 2, base_delay: float = 0.5, max_delay: float = 8.0
+    ) -> None:
         """`retries` is the number of extra attempts (0 = try once)."""
         self.inner = inner
         self.retries = retries
@@ -57,7 +61,9 @@ class RetryingBackend:
                 if started or not err.retryable or attempt >= self.retries:
                     if attempt and not started:
                         raise type(err)(
-                            f"{err.message} (gave up after {attempt + 1} attempts)", partial=err.partial, status=err.status
+                            f"{err.message} (gave up after {attempt + 1} attempts)",
+                            partial=err.partial,
+                            status=err.status,
                         ) from err
                     raise
                 delay = backoff_delay(attempt, base=self.base_delay, cap=self.max_delay)

@@ -56,7 +56,7 @@ async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[Event]:
             continue
         name, _, value = line.partition(":")
         if name in ("data", "error"):
-            data.append(value[1:] if value.startswith(" ") else value)
+            data.append(value.removeprefix(" "))
             field = "error" if name == "error" else field
     # Bytes after the last blank line are an unfinished event: dropped, as the SSE spec says.
 
@@ -105,14 +105,18 @@ class EventStreamClient:
         except httpx.HTTPError as exc:
             raise self._redact(self._transport_error(exc)) from exc
         if response.status_code >= 400:
-            raise self._redact(error_from_status(self.where, response.status_code, parse_body(response.content)))
+            raise self._redact(
+                error_from_status(self.where, response.status_code, parse_body(response.content))
+            )
         return response.content
 
     async def get_json(self, path: str) -> Any:
         """GET `path` and decode its JSON body."""
         body = parse_body(await self.get(path))
         if isinstance(body, str):
-            raise BackendError(f"{self.where} answered {path} with something that is not JSON: {body[:200]!r}")
+            raise BackendError(
+                f"{self.where} answered {path} with something that is not JSON: {body[:200]!r}"
+            )
         return body
 
     async def events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Event]:
@@ -139,7 +143,9 @@ class EventStreamClient:
                         except StopAsyncIteration:
                             return
                         except TimeoutError:
-                            raise BackendTimeout(f"{self.where} sent no token for {self.timeout:g} s") from None
+                            raise BackendTimeout(
+                                f"{self.where} sent no token for {self.timeout:g} s"
+                            ) from None
                         yield event
         except httpx.HTTPError as exc:
             raise self._redact(self._transport_error(exc)) from exc
@@ -156,10 +162,14 @@ class EventStreamClient:
         # llama.cpp, for one, has answered a streaming request with 200 and a JSON error body.
         if is_error_payload(body):
             return error_from_event(self.where, body)
-        return BackendError(f"{self.where} answered with something that is not an event stream: {str(body)[:200]!r}")
+        return BackendError(
+            f"{self.where} answered with something that is not an event stream: {str(body)[:200]!r}"
+        )
 
     def _transport_error(self, exc: Exception) -> BackendError:
-        return error_from_transport(self.where, exc, timeout=self.timeout, connect_timeout=self.connect_timeout)
+        return error_from_transport(
+            self.where, exc, timeout=self.timeout, connect_timeout=self.connect_timeout
+        )
 
     def _redact(self, err: BackendError) -> BackendError:
         """The error itself, or a copy without the token should the server have echoed it."""

@@ -89,7 +89,9 @@ class TGIBackend:
                         raise error_from_event(self._http.where, payload)
                     token = payload.get("token") if isinstance(payload, dict) else None
                     if not isinstance(token, dict):
-                        raise BackendError(f"{self._http.where} sent an event that is not a TGI token: {event.data[:200]!r}")
+                        raise BackendError(
+                            f"{self._http.where} sent an event that is not a TGI token: {event.data[:200]!r}"
+                        )
                     if not token.get("special"):
                         text.append(token.get("text", ""))
                         yield text[-1]
@@ -179,7 +181,9 @@ def render_prompt(tokenizer: Any, messages: list[Message]) -> tuple[str, int]:
             f"the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; "
             "point REFINE_TOKENIZER at the instruct model's tokenizer"
         )
-    prompt = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+    )
     bos = tokenizer.bos_token
     if bos and prompt.startswith(bos) and tokenizer.bos_token_id in tokenizer("")["input_ids"]:
         prompt = prompt[len(bos) :]
