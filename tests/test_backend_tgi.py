@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -128,6 +129,14 @@ async def test_streams_one_delta_per_token_and_sends_template_adapter_and_token(
     }
     check_openapi(request.json, "GenerateRequest")
     assert backend.model_id == f"{TGI_MODEL}+org/cnr-lora"
+
+
+async def test_concurrent_streams_through_one_backend(server, make):
+    server.on("POST", "/generate_stream", sse_reply([*tgi_events(TOKENS[:3]), Pause(0.05)]))
+    backend = make(server.url)
+    results = await asyncio.gather(*(collect(backend) for _ in range(8)))
+    assert results == [(TOKENS[:3], None)] * 8
+    assert len(server.requests_to("/info")) == 1
 
 
 async def test_sampling_parameters(server, make):

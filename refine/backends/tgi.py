@@ -134,7 +134,9 @@ class TGIBackend:
             if self._tokenizer is None:
                 name = self._tokenizer_name or self._model or str(info.get("model_id", ""))
                 self._tokenizer = await asyncio.to_thread(load_tokenizer, name)
-        prompt, n_tokens = await asyncio.to_thread(render_prompt, self._tokenizer, messages)
+        # On the loop thread: a few milliseconds, and a fast tokenizer shared between threads can
+        # fail with "Already borrowed" when requests run concurrently.
+        prompt, n_tokens = render_prompt(self._tokenizer, messages)
         max_input = info.get("max_input_tokens") or info.get("max_input_length")
         max_total = info.get("max_total_tokens")
         if max_input and n_tokens > max_input:
