@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, get_args
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select
+from sqlalchemy import Connection, Engine, Row, bindparam, exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -164,25 +164,49 @@ def _check_versions(session: Session, turn_id: Any, *indices: int) -> None:
             raise InvalidInput(f"turn {turn_id} has no complete round {min(wanted - found)}")
 
 
+_VOTE_COLUMNS = list(Vote.__table__.columns)
+_VOTE_VALUES = ["turn_id", "left_round", "right_round", "high_round", "choice", "key", "voter_hash", "created_at"]
+_ROUNDS_FOUND = select(func.count()).where(
+    Round.turn_id == bindparam("turn_id"), Round.status == "complete",
+    Round.round_index.in_([bindparam("left_round"), bindparam("right_round")])).scalar_subquery()
+# The hot write path, one statement: insert the vote only if its key is new, its turn exists
+# (with a complete base answer when version 0 is compared) and its rounds are complete.
+_INSERT_VOTE = insert(Vote).from_select(
+    _VOTE_VALUES,
+    select(*(bindparam(name, type_=Vote.__table__.c[name].type) for name in _VOTE_VALUES)).where(
+        ~exists().where(Vote.key == bindparam("key")),
+        exists().where(Turn.id == bindparam("turn_id"), or_(Turn.error.is_(None), bindparam("needs_base") == 0)),
+        _ROUNDS_FOUND == bindparam("rounds_needed"),
+    ),
+).returning(*_VOTE_COLUMNS)
+# Why nothing was inserted.
 _VOTE_CHECK = select(
-    select(Vote.id).where(Vote.key == bindparam("key")).scalar_subquery().label("existing"),
-    select(Turn.error).where(Turn.id == bindparam("turn_id")).scalar_subquery().label("turn_error"),
     select(Turn.id).where(Turn.id == bindparam("turn_id")).scalar_subquery().label("turn"),
-    select(func.count()).where(Round.turn_id == bindparam("turn_id"),
-                               Round.round_index.in_([bindparam("left_round"), bindparam("right_round")]),
-                               Round.status == "complete").scalar_subquery().label("rounds"),
+    select(Turn.error).where(Turn.id == bindparam("turn_id")).scalar_subquery().label("turn_error"),
+    _ROUNDS_FOUND.label("rounds"),
 )
-_VOTE_COLUMNS = [c for c in Vote.__table__.columns]
 
 
-def _stored_vote(connection: Connection, key: str) -> Row:
-    return connection.execute(select(*_VOTE_COLUMNS).where(Vote.key == key)).one()
+def _stored_vote(connection: Connection, key: str) -> Row | None:
+    return connection.execute(select(*_VOTE_COLUMNS).where(Vote.key == key)).first()
+
+
+def _refusal(connection: Connection, values: dict[str, Any]) -> InvalidInput:
+    check = connection.execute(_VOTE_CHECK, values).one()
+    turn, left, right = values["turn_id"], values["left_round"], values["right_round"]
+    if check.turn is None:
+        return InvalidInput(f"turn {turn} does not exist")
+    if values["needs_base"] and check.turn_error is not None:
+        return InvalidInput(f"turn {turn} has no complete base answer")
+    if values["needs_base"]:
+        return InvalidInput(f"turn {turn} has no complete round {left or right}")
+    return InvalidInput(f"turn {turn} lacks a complete round {left} or {right}")
 
 
 def record_vote(engine: Engine, *, turn_id: int, left_round: int, right_round: int, choice: str,
                 key: str, voter_hash: str | None = None) -> Row:
-    """Store a blind A/B vote; returns the stored row (attributes as in `Vote`). Idempotent: a vote whose `key` is
-    already stored is returned as it was stored, and nothing is written.
+    """Store a blind A/B vote; returns the stored row (attributes as in `Vote`). Idempotent: a
+    vote whose `key` is already stored is returned as it was stored, and nothing is written.
 
     `left_round`/`right_round` are the versions shown on the left and right (0 = the base
     answer, k = round k's revision); `choice` is one of left, right, tie, both_bad.
@@ -198,28 +222,23 @@ def record_vote(engine: Engine, *, turn_id: int, left_round: int, right_round: i
     if not isinstance(turn_id, int) or isinstance(turn_id, bool):
         raise InvalidInput(f"turn id must be an integer, got {turn_id!r}")
     values = dict(turn_id=turn_id, left_round=left, right_round=right, high_round=max(left, right),
-                  choice=choice, key=key, voter_hash=voter_hash, created_at=utcnow())
-    # One validating query and one insert: this is the hot write path (Core, not the ORM).
+                  choice=choice, key=key, voter_hash=voter_hash, created_at=utcnow(),
+                  needs_base=int(0 in (left, right)), rounds_needed=(left > 0) + (right > 0))
     try:
         with write_connection(engine) as connection:
-            check = connection.execute(_VOTE_CHECK, values).one()
-            if check.existing is not None:
-                return _stored_vote(connection, key)
-            if check.turn is None:
-                raise InvalidInput(f"turn {turn_id} does not exist")
-            if 0 in (left, right) and check.turn_error is not None:
-                raise InvalidInput(f"turn {turn_id} has no complete base answer")
-            if check.rounds < (left > 0) + (right > 0):
-                raise InvalidInput(f"turn {turn_id} has no complete round {left if left else right}"
-                                   if 0 in (left, right) else
-                                   f"turn {turn_id} lacks a complete round {left} or {right}")
-            return connection.execute(insert(Vote).returning(*_VOTE_COLUMNS), values).one()
+            row = connection.execute(_INSERT_VOTE, values).first()
+            if row is None:
+                row = _stored_vote(connection, key)
+                if row is None:
+                    raise _refusal(connection, values)
+            return row
     except IntegrityError:
         # Another writer stored the same key between our check and insert (PostgreSQL).
         with engine.connect() as connection:
-            if connection.execute(select(Vote.id).where(Vote.key == key)).first() is None:
-                raise
-            return _stored_vote(connection, key)
+            row = _stored_vote(connection, key)
+        if row is None:
+            raise
+        return row
 
 
 def record_feedback(engine: Engine, *, turn_id: int, round_index: int, critique: str | None = None,
