@@ -155,8 +155,11 @@ class LocalModel:
     def submit(self, job: _Job) -> None:
         self._jobs.put(job)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the worker after the generation in progress (waiting at most `timeout` s)."""
         self._jobs.put(None)
+        if self._worker is not threading.current_thread():
+            self._worker.join(timeout)
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
