@@ -51,6 +51,12 @@ def _round_number(name: str, value: Any) -> int:
     return value
 
 
+def _turn_id(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(f"turn id must be an integer, got {value!r}")
+    return value
+
+
 def chat_messages(prompt: str | None, messages: Sequence[dict[str, str]] | None) -> list[dict[str, str]]:
     """The prompt as chat messages (exactly one of `prompt` or `messages` ending with a user
     turn), validated for storage; else InvalidInput."""
@@ -143,25 +149,10 @@ def record_round(engine: Engine, turn_id: int, done: RoundDone, *, adapter: str 
 
 
 def _turn(session: Session, turn_id: Any) -> Turn:
-    if not isinstance(turn_id, int) or isinstance(turn_id, bool):
-        raise InvalidInput(f"turn id must be an integer, got {turn_id!r}")
-    turn = session.get(Turn, turn_id)
+    turn = session.get(Turn, _turn_id(turn_id))
     if turn is None:
         raise InvalidInput(f"turn {turn_id} does not exist")
     return turn
-
-
-def _check_versions(session: Session, turn_id: Any, *indices: int) -> None:
-    """InvalidInput unless the turn exists and each index is its answer (0) or a complete round."""
-    turn = _turn(session, turn_id)
-    if 0 in indices and turn.error is not None:
-        raise InvalidInput(f"turn {turn_id} has no complete base answer")
-    wanted = {i for i in indices if i}
-    if wanted:
-        found = set(session.scalars(select(Round.round_index).where(
-            Round.turn_id == turn_id, Round.round_index.in_(wanted), Round.status == "complete")))
-        if wanted - found:
-            raise InvalidInput(f"turn {turn_id} has no complete round {min(wanted - found)}")
 
 
 _VOTE_COLUMNS = list(Vote.__table__.columns)
@@ -179,8 +170,7 @@ _INSERT_VOTE = insert(Vote).from_select(
         _ROUNDS_FOUND == bindparam("rounds_needed"),
     ),
 ).returning(*_VOTE_COLUMNS)
-# Why nothing was inserted.
-_VOTE_CHECK = select(
+_VERSIONS_CHECK = select(
     select(Turn.id).where(Turn.id == bindparam("turn_id")).scalar_subquery().label("turn"),
     select(Turn.error).where(Turn.id == bindparam("turn_id")).scalar_subquery().label("turn_error"),
     _ROUNDS_FOUND.label("rounds"),
@@ -191,16 +181,19 @@ def _stored_vote(connection: Connection, key: str) -> Row | None:
     return connection.execute(select(*_VOTE_COLUMNS).where(Vote.key == key)).first()
 
 
-def _refusal(connection: Connection, values: dict[str, Any]) -> InvalidInput:
-    check = connection.execute(_VOTE_CHECK, values).one()
-    turn, left, right = values["turn_id"], values["left_round"], values["right_round"]
+def _missing_version(connection: Connection, turn_id: int, left: int, right: int) -> InvalidInput | None:
+    """Why versions `left` and `right` of a turn's answer cannot be voted on or critiqued (0 =
+    the base answer, which must not have failed; k = round k, which must be complete)."""
+    check = connection.execute(_VERSIONS_CHECK, dict(turn_id=turn_id, left_round=left, right_round=right)).one()
+    needed = len({left, right} - {0})
     if check.turn is None:
-        return InvalidInput(f"turn {turn} does not exist")
-    if values["needs_base"] and check.turn_error is not None:
-        return InvalidInput(f"turn {turn} has no complete base answer")
-    if values["needs_base"]:
-        return InvalidInput(f"turn {turn} has no complete round {left or right}")
-    return InvalidInput(f"turn {turn} lacks a complete round {left} or {right}")
+        return InvalidInput(f"turn {turn_id} does not exist")
+    if 0 in (left, right) and check.turn_error is not None:
+        return InvalidInput(f"turn {turn_id} has no complete base answer")
+    if check.rounds < needed:
+        return InvalidInput(f"turn {turn_id} has no complete round {max(left, right)}" if needed == 1 else
+                            f"turn {turn_id} lacks a complete round {left} or {right}")
+    return None
 
 
 def record_vote(engine: Engine, *, turn_id: int, left_round: int, right_round: int, choice: str,
@@ -219,18 +212,17 @@ def record_vote(engine: Engine, *, turn_id: int, left_round: int, right_round: i
     if not _text("key", key, MAX_KEY_CHARS).strip():
         raise InvalidInput("key is empty")
     _text("voter_hash", voter_hash, MAX_KEY_CHARS, optional=True)
-    if not isinstance(turn_id, int) or isinstance(turn_id, bool):
-        raise InvalidInput(f"turn id must be an integer, got {turn_id!r}")
+    _turn_id(turn_id)
     values = dict(turn_id=turn_id, left_round=left, right_round=right, high_round=max(left, right),
                   choice=choice, key=key, voter_hash=voter_hash, created_at=utcnow(),
                   needs_base=int(0 in (left, right)), rounds_needed=(left > 0) + (right > 0))
     try:
         with write_connection(engine) as connection:
             row = connection.execute(_INSERT_VOTE, values).first()
-            if row is None:
+            if row is None:  # the key is taken, or the vote is invalid
                 row = _stored_vote(connection, key)
                 if row is None:
-                    raise _refusal(connection, values)
+                    raise _missing_version(connection, turn_id, left, right) or AssertionError(values)
             return row
     except IntegrityError:
         # Another writer stored the same key between our check and insert (PostgreSQL).
@@ -253,8 +245,11 @@ def record_feedback(engine: Engine, *, turn_id: int, round_index: int, critique:
     if critique is None and edited_answer is None:
         raise InvalidInput("feedback needs a critique or an edited answer")
     _text("voter_hash", voter_hash, MAX_KEY_CHARS, optional=True)
+    _turn_id(turn_id)
     with write_session(engine) as session:
-        _check_versions(session, turn_id, index)
+        problem = _missing_version(session.connection(), turn_id, index, index)
+        if problem:
+            raise problem
         row = Feedback(turn_id=turn_id, round_index=index, critique=critique, edited_answer=edited_answer,
                        voter_hash=voter_hash)
         session.add(row)
