@@ -51,6 +51,19 @@ class Settings(BaseSettings):
     # Storage.
     database_url: str | None = Field(None, description="SQLAlchemy URL; empty = a SQLite file in the data folder")
 
+    # The app (`python app.py`).
+    host: str | None = Field(None, description="Address to serve on; empty = GRADIO_SERVER_NAME, else 127.0.0.1")
+    port: int | None = Field(None, ge=1, le=65535, description="Port; empty = GRADIO_SERVER_PORT, else 7860")
+    share: bool = Field(False, description="Also open a public gradio.live link")
+    admin_token: SecretStr | None = Field(None, description="Unlocks the Data tab (exports); empty = no Data tab")
+    run_history: bool = Field(False, description="Let Gradio keep each user's inputs and outputs in their "
+                              "browser's localStorage (its run history page)")
+    voter_salt: SecretStr | None = Field(None, description="Salt of the voter pseudonyms stored with votes and feedback")
+    backup_repo: str | None = Field(None, description="Hugging Face dataset repo for the scheduled SQLite backup "
+                                    "(opt-in; restored at start)")
+    backup_token: SecretStr | None = Field(None, description="Token with write access to backup_repo (else HF_TOKEN)")
+    backup_every: float = Field(10.0, gt=0, description="Minutes between backups")
+
     @model_validator(mode="after")
     def _remote_needs_url(self) -> "Settings":
         if self.base_backend != "local" and not self.base_url:

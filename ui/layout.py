@@ -1,0 +1,194 @@
+"""The components of the app and where they sit (no event wiring here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from refine.loop import MAX_ROUNDS
+from ui.context import MAX_TOKENS, AppContext
+from ui.render import STATS_HEADERS
+from ui.session import ChatSession, VoteState
+
+INTRO = (
+    "# Refine\n"
+    "Ask something: the base model answers, then a small *critique-and-revise* model writes what is "
+    "wrong with the answer and rewrites it, round after round. Then tell us which version is better."
+)
+CSS = """
+#vote-left, #vote-right { min-height: 6em; }
+.refine-banner { border: 1px solid var(--color-accent); border-radius: 8px; padding: 0 1em; }
+"""
+
+
+@dataclass
+class Layout:
+    """Every component an event reads or writes."""
+
+    chatbot: gr.Chatbot
+    prompt: gr.Textbox
+    send: gr.Button
+    stop: gr.Button
+    regenerate: gr.Button
+    new_chat: gr.Button
+    status: gr.Markdown
+    panel: gr.Chatbot
+    rounds: gr.Slider
+    stop_early: gr.Checkbox
+    temperature: gr.Slider
+    max_new_tokens: gr.Slider
+    cnr_max_new_tokens: gr.Slider
+    vote_box: gr.Column
+    pair: gr.Dropdown
+    left: gr.Markdown
+    right: gr.Markdown
+    vote_buttons: dict[str, gr.Button]  # choice -> button
+    reveal: gr.Markdown
+    feedback_box: gr.Accordion
+    fb_version: gr.Dropdown
+    fb_critique: gr.Textbox
+    fb_edit: gr.Textbox
+    fb_submit: gr.Button
+    fb_status: gr.Markdown
+    stats_tab: gr.Tab
+    stats_refresh: gr.Button
+    stats_summary: gr.Markdown
+    stats_plot: gr.Image
+    stats_table: gr.Dataframe
+    data_token: gr.Textbox | None
+    data_button: gr.Button | None
+    data_files: gr.File | None
+    data_status: gr.Markdown | None
+    chat_state: gr.State
+    vote_state: gr.State
+
+    @property
+    def controls(self) -> list[gr.components.Component]:
+        return [self.rounds, self.stop_early, self.temperature, self.max_new_tokens, self.cnr_max_new_tokens]
+
+    @property
+    def vote_area(self) -> list[gr.components.Component]:
+        return [self.vote_box, self.pair, self.left, self.right, *self.vote_buttons.values(), self.reveal]
+
+    @property
+    def feedback_area(self) -> list[gr.components.Component]:
+        return [self.feedback_box, self.fb_version, self.fb_critique, self.fb_edit, self.fb_status]
+
+
+def _chat_column(ctx: AppContext) -> dict:
+    chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chat", buttons=["copy"], allow_tags=False,
+                         placeholder="Ask anything to start.")
+    prompt = gr.Textbox(show_label=False, placeholder="Type a message and press Enter", lines=2, max_lines=10,
+                        elem_id="prompt")
+    with gr.Row():
+        send = gr.Button("Send", variant="primary", elem_id="send")
+        stop = gr.Button("Stop", variant="stop", visible=False, elem_id="stop")
+        regenerate = gr.Button("Regenerate", elem_id="regenerate")
+        new_chat = gr.Button("New chat", elem_id="new-chat")
+    status = gr.Markdown(elem_id="status")
+    return dict(chatbot=chatbot, prompt=prompt, send=send, stop=stop, regenerate=regenerate, new_chat=new_chat,
+                status=status)
+
+
+def _controls(ctx: AppContext) -> dict:
+    s = ctx.settings
+    with gr.Accordion("Refinement settings", open=False):
+        gr.Markdown(ctx.models_line)
+        with gr.Row():
+            rounds = gr.Slider(1, MAX_ROUNDS, value=s.rounds, step=1, precision=0, label="Rounds")
+            stop_early = gr.Checkbox(value=s.stop_early, label="Stop early when there is nothing left to fix")
+            temperature = gr.Slider(0.0, 2.0, value=s.temperature, step=0.05, label="Temperature (0 = greedy)")
+        with gr.Row():
+            max_new_tokens = gr.Slider(16, MAX_TOKENS, value=s.max_new_tokens, step=16, precision=0,
+                                       label="Max new tokens · answer")
+            cnr_max_new_tokens = gr.Slider(16, MAX_TOKENS, value=s.cnr_max_new_tokens, step=16, precision=0,
+                                           label="Max new tokens · critique + revision")
+    return dict(rounds=rounds, stop_early=stop_early, temperature=temperature, max_new_tokens=max_new_tokens,
+                cnr_max_new_tokens=cnr_max_new_tokens)
+
+
+def _voting() -> dict:
+    with gr.Column(visible=False, elem_id="vote-box") as vote_box:
+        gr.Markdown("### Which answer is better?\nThe two versions are shown in random order; "
+                    "you learn which is which after voting.")
+        pair = gr.Dropdown(label="Compare", choices=[], interactive=True, elem_id="vote-pair")
+        with gr.Row(equal_height=True):
+            with gr.Column():
+                gr.Markdown("**Left**")
+                left = gr.Markdown(elem_id="vote-left", container=True)
+            with gr.Column():
+                gr.Markdown("**Right**")
+                right = gr.Markdown(elem_id="vote-right", container=True)
+        with gr.Row():
+            buttons = {
+                "left": gr.Button("⬅ Left is better", elem_id="vote-left-btn"),
+                "right": gr.Button("Right is better ➡", elem_id="vote-right-btn"),
+                "tie": gr.Button("Tie", elem_id="vote-tie-btn"),
+                "both_bad": gr.Button("Both bad", elem_id="vote-both-bad-btn"),
+            }
+        reveal = gr.Markdown(elem_id="vote-reveal")
+    return dict(vote_box=vote_box, pair=pair, left=left, right=right, vote_buttons=buttons, reveal=reveal)
+
+
+def _feedback() -> dict:
+    with gr.Accordion("Write your own critique, or improve the answer", open=False, visible=False,
+                      elem_id="feedback-box") as feedback_box:
+        gr.Markdown("Your critique and your improved answer become training data for the next "
+                    "critique-and-revise model.")
+        fb_version = gr.Dropdown(label="Answer", choices=[], interactive=True, elem_id="feedback-version")
+        fb_critique = gr.Textbox(label="Your critique: what is wrong or missing?", lines=3, elem_id="feedback-critique")
+        fb_edit = gr.Textbox(label="Your improved answer (edit it)", lines=8, elem_id="feedback-edit")
+        fb_submit = gr.Button("Save feedback", elem_id="feedback-submit")
+        fb_status = gr.Markdown(elem_id="feedback-status")
+    return dict(feedback_box=feedback_box, fb_version=fb_version, fb_critique=fb_critique, fb_edit=fb_edit,
+                fb_submit=fb_submit, fb_status=fb_status)
+
+
+def _statistics() -> dict:
+    with gr.Tab("Statistics", id="stats", elem_id="stats-tab") as stats_tab:
+        gr.Markdown("Win rate of each round's revision against the original answer, from the blind votes "
+                    "(ties count half; 95% bootstrap confidence intervals over turns).")
+        stats_refresh = gr.Button("Refresh", elem_id="stats-refresh")
+        stats_summary = gr.Markdown(elem_id="stats-summary")
+        stats_plot = gr.Image(label="Win rate vs round", type="pil", interactive=False, elem_id="stats-plot",
+                              buttons=["download"])
+        stats_table = gr.Dataframe(headers=STATS_HEADERS, interactive=False, elem_id="stats-table")
+    return dict(stats_tab=stats_tab, stats_refresh=stats_refresh, stats_summary=stats_summary,
+                stats_plot=stats_plot, stats_table=stats_table)
+
+
+def _data(ctx: AppContext) -> dict:
+    if ctx.settings.admin_token is None:
+        return dict(data_token=None, data_button=None, data_files=None, data_status=None)
+    with gr.Tab("Data", id="data", elem_id="data-tab"):
+        gr.Markdown("Downloads for the operator: votes as preference pairs (JSONL), feedback as training "
+                    "records (JSONL), and every table (CSV).")
+        data_token = gr.Textbox(label="Admin token", type="password", elem_id="data-token")
+        data_button = gr.Button("Prepare downloads", elem_id="data-button")
+        data_status = gr.Markdown()
+        data_files = gr.File(label="Exports", file_count="multiple", interactive=False)
+    return dict(data_token=data_token, data_button=data_button, data_files=data_files, data_status=data_status)
+
+
+def build_layout(ctx: AppContext) -> Layout:
+    """Create the components inside the current gr.Blocks context."""
+    if ctx.banner:
+        gr.Markdown(ctx.banner, elem_id="banner", elem_classes="refine-banner")
+    gr.Markdown(INTRO)
+    parts: dict = {}
+    with gr.Tabs():
+        with gr.Tab("Chat", id="chat"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1):
+                    parts |= _chat_column(ctx)
+                with gr.Column(scale=1):
+                    parts["panel"] = gr.Chatbot(
+                        label="Refinement", height=460, layout="panel", elem_id="panel", buttons=["copy"],
+                        allow_tags=False, placeholder="Each round's critique and revision streams in here.")
+            parts |= _controls(ctx)
+            parts |= _voting()
+            parts |= _feedback()
+        parts |= _statistics()
+        parts |= _data(ctx)
+    return Layout(**parts, chat_state=gr.State(ChatSession()), vote_state=gr.State(VoteState()))

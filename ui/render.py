@@ -1,0 +1,143 @@
+"""Turning session state and turn views into what the components show: chat messages (dicts in
+Gradio's messages format), the refinement panel, vote labels, statistics rows. Pure functions.
+
+Everything here is rendered by Gradio's Markdown with HTML sanitizing on: model output and user
+text may contain markup, but never runs script.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from refine.winrate import WinRate
+from ui.session import ChatSession, Pair, VoteState
+from ui.view import RoundView, TurnView
+
+ChatMessage = dict[str, Any]
+
+ERROR_HINTS = {
+    "unavailable": "The model server could not be reached.",
+    "timeout": "The model server took too long to answer.",
+    "overloaded": "The model server is overloaded; try again in a moment.",
+    "context_too_long": "The conversation is too long for the model's context window: "
+                        "shorten the message or start a new chat.",
+    "bad_request": "The model server refused the request.",
+    "stream_broken": "The model server's answer broke off.",
+}
+STOP_NOTES = {
+    "nothing_to_fix": "✋ Stopped early after round {k}: the critique found nothing left to fix.",
+    "unchanged": "✋ Stopped early after round {k}: the revision left the answer unchanged.",
+    "max_rounds": "✅ Done: {k} round(s) of critique and revision.",
+    "cancelled": "⏹ Stopped by you.",
+}
+THINKING = "…"
+
+
+def error_text(kind: str, message: str) -> str:
+    """A backend failure as one clear sentence plus the details."""
+    if kind == "cancelled":
+        return "⏹ Stopped by you."
+    hint = ERROR_HINTS.get(kind, "Something went wrong.")
+    return f"⚠️ **{hint}**" + (f" ({message})" if message else "")
+
+
+def chat_messages(session: ChatSession, prompt: str | None = None, view: TurnView | None = None) -> list[ChatMessage]:
+    """The chat: finished exchanges, then the turn in progress (its base answer streaming)."""
+    messages: list[ChatMessage] = []
+    for ex in session.exchanges:
+        messages += [{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.shown or THINKING}]
+    if prompt is not None:
+        messages.append({"role": "user", "content": prompt})
+        if view is not None:
+            messages.append({"role": "assistant", "content": view.base_text or THINKING})
+    return messages
+
+
+def _round_messages(r: RoundView) -> list[ChatMessage]:
+    title = f"Critique · round {r.index}" + (" · failed" if r.phase == "failed" else "")
+    meta: dict[str, Any] = {"title": title, "status": "pending" if r.phase == "critique" else "done"}
+    if r.duration is not None:
+        meta["duration"] = round(r.duration, 1)
+    out: list[ChatMessage] = [{"role": "assistant", "content": r.critique or THINKING, "metadata": meta}]
+    if r.phase == "complete" and r.nothing_to_fix:
+        out.append({"role": "assistant", "content": f"**Revision {r.index}:** nothing to fix, the answer stays."})
+    elif r.phase in ("revision", "complete"):
+        out.append({"role": "assistant", "content": f"**Revision {r.index}**\n\n{r.revision or THINKING}"})
+    elif r.phase == "failed":
+        out.append({"role": "assistant",
+                    "content": f"⚠️ **Round {r.index} failed:** {r.error or 'unknown error'}. The previous answer stands."})
+    elif r.phase == "cancelled":
+        out.append({"role": "assistant", "content": f"⏹ Round {r.index} was stopped. The previous answer stands."})
+    return out
+
+
+def panel_messages(view: TurnView | None) -> list[ChatMessage]:
+    """The refinement panel: the original answer (collapsed), each round's critique (a
+    collapsible thought, pending while it streams) and revision, then how refinement ended."""
+    if view is None:
+        return []
+    if view.error is not None:
+        return [{"role": "assistant", "content": error_text(view.error.kind, view.error.message)}]
+    if not view.base_done:
+        return [{"role": "assistant", "content": "Waiting for the answer…"}]
+    out: list[ChatMessage] = [{
+        "role": "assistant", "content": view.base_text or "_(empty answer)_",
+        "metadata": {"title": f"Original answer · {view.base_model}", "status": "done"},
+    }]
+    for r in view.rounds:
+        out += _round_messages(r)
+    if view.stop_reason in STOP_NOTES:
+        out.append({"role": "assistant", "content": STOP_NOTES[view.stop_reason].format(k=len(view.rounds))})
+    if view.save_error:
+        out.append({"role": "assistant", "content": f"⚠️ **This turn could not be saved:** {view.save_error}"})
+    return out
+
+
+def version_name(index: int, versions: dict[int, str]) -> str:
+    """'the original answer', 'revision 2', 'revision 3 (final)'."""
+    if index == 0:
+        return "the original answer"
+    return f"revision {index}" + (" (final)" if index == max(versions) else "")
+
+
+def pair_label(pair: Pair, versions: dict[int, str]) -> str:
+    a, b = (version_name(i, versions) for i in pair)
+    return f"{a[0].upper()}{a[1:]} vs {b}"
+
+
+def pair_value(pair: Pair) -> str:
+    return f"{pair[0]}-{pair[1]}"
+
+
+def parse_pair(value: str) -> Pair:
+    a, _, b = value.partition("-")
+    return int(a), int(b)
+
+
+def reveal(state: VoteState) -> str:
+    """After a vote: which version was on which side."""
+    assert state.left is not None and state.right is not None
+    choice = {"left": "left", "right": "right", "tie": "a tie", "both_bad": "both bad"}[state.voted or ""]
+    return (f"Thanks, your vote (**{choice}**) is saved. Left was **{version_name(state.left, state.versions)}**, "
+            f"right was **{version_name(state.right, state.versions)}**.")
+
+
+def _pct(value: float) -> str:
+    return "–" if math.isnan(value) else f"{100 * value:.1f}%"
+
+
+STATS_HEADERS = ["round", "win rate vs original", "95% CI", "wins", "ties", "losses", "both bad", "votes", "turns"]
+
+
+def stats_rows(rates: list[WinRate]) -> list[list[Any]]:
+    """Rows of the statistics table (ties count half; both-bad votes are left out of the rate)."""
+    return [[r.round, _pct(r.rate), f"{_pct(r.ci_low)} – {_pct(r.ci_high)}", r.wins, r.ties, r.losses,
+             r.both_bad, r.n + r.both_bad, r.units] for r in rates]
+
+
+def stats_summary(rates: list[WinRate]) -> str:
+    votes = sum(r.n + r.both_bad for r in rates)
+    if not votes:
+        return "No votes yet: vote on a few answers in the Chat tab."
+    return f"**{votes}** vote(s) comparing a revision with the original answer."

@@ -1,0 +1,128 @@
+"""A turn running in the background: engine events folded into a TurnView and written to the
+database as they complete, while the UI reads coalesced snapshots and may stop it any time.
+
+The run is a task of its own, so a Gradio handler that is cancelled (the user left, or pressed
+Stop) never cuts a database write short: stopping cancels the generation, and the part in
+progress is then recorded as cancelled with its partial text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from db.recorder import EventRecorder
+from refine.events import BaseDone, ErrorEvent, Event, RoundDone
+from ui.view import TurnView
+
+log = logging.getLogger(__name__)
+
+
+def _stored(event: Event) -> bool:
+    """Whether the recorder writes something for this event."""
+    return isinstance(event, BaseDone | RoundDone) or (isinstance(event, ErrorEvent) and event.stage == "base")
+
+
+class TurnRun:
+    """Runs one turn's events (e.g. `refine_turn(...)`) into a TurnView and the recorder."""
+
+    def __init__(self, events: AsyncIterator[Event], recorder: EventRecorder | None) -> None:
+        self.view = TurnView()
+        self._recorder = recorder
+        self._changed = asyncio.Event()
+        self._writes: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_all())
+        self._task = asyncio.create_task(self._run(events))
+
+    def _apply(self, event: Event) -> None:
+        self.view.apply(event)
+        if _stored(event):
+            self._writes.put_nowait(event)
+        self._changed.set()
+
+    async def _run(self, events: AsyncIterator[Event]) -> None:
+        try:
+            async for event in events:
+                self._apply(event)
+        except asyncio.CancelledError:
+            for event in self.view.interruption("cancelled", "stopped by the user"):
+                self._apply(event)
+        except Exception as exc:  # a bug or an unexpected failure: end the turn, keep the app up
+            log.exception("turn failed")
+            for event in self.view.interruption("error", f"internal error ({type(exc).__name__})"):
+                self._apply(event)
+        finally:
+            self._writes.put_nowait(None)
+            await asyncio.shield(self._writer)
+            self.view.finished = True
+            self._changed.set()
+
+    async def _write_all(self) -> None:
+        """Write events one after another (the turn before its rounds), off the event loop."""
+        while (event := await self._writes.get()) is not None:
+            if self._recorder is None:
+                continue
+            try:
+                await asyncio.to_thread(self._recorder.feed, event)
+            except Exception as exc:
+                log.warning("could not store a %s event: %s", event.type, exc)
+                self.view.save_error = self.view.save_error or str(exc)
+        self.view.turn_id = self._recorder.turn_id if self._recorder else None
+
+    async def snapshots(self) -> AsyncIterator[TurnView]:
+        """The view after each batch of changes, until the turn is finished and written. A slow
+        reader gets fewer, bigger steps (nothing queues up behind it)."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            yield self.view
+            if self.view.finished:
+                return
+
+    async def stop(self) -> None:
+        """Cancel the generation and wait until what it produced is written."""
+        self._task.cancel()
+        await asyncio.shield(self._task)
+
+    @property
+    def done(self) -> bool:
+        return self._task.done()
+
+
+class ActiveTurns:
+    """The running turn of each session (a session runs one turn at a time), and the sessions
+    that pressed Stop while their turn was still waiting in the queue."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, TurnRun] = {}
+        self._stop_asked: set[str] = set()
+
+    def begin(self, session: str, run: TurnRun) -> None:
+        self._runs[session] = run
+
+    def end(self, session: str, run: TurnRun) -> None:
+        """Forget the session's turn `run` and any stop pressed around its end."""
+        if self._runs.get(session) is run:
+            del self._runs[session]
+        self._stop_asked.discard(session)
+
+    def running(self, session: str) -> bool:
+        return session in self._runs
+
+    def take_stop(self, session: str) -> bool:
+        """True (once) when Stop was pressed before this session's turn started."""
+        if session in self._stop_asked:
+            self._stop_asked.discard(session)
+            return True
+        return False
+
+    async def stop(self, session: str) -> TurnRun | None:
+        """Stop the session's running turn and return it; with none running yet, remember the
+        stop for the turn about to start."""
+        run = self._runs.get(session)
+        if run is None:
+            self._stop_asked.add(session)
+            return None
+        await run.stop()
+        return run

@@ -1,0 +1,123 @@
+"""What the UI knows about one turn: the engine's events folded into a view model (no Gradio)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from refine.events import (
+    BaseDelta, BaseDone, CritiqueDelta, ErrorEvent, Event, RevisionDelta, RoundDone, RoundStart,
+    StopReason, Timing, TurnDone,
+)
+
+RoundPhase = Literal["critique", "revision", "complete", "failed", "cancelled"]
+
+
+@dataclass
+class RoundView:
+    """One critique→revision round as it streams; `phase` is the part being written until it ends."""
+
+    index: int
+    model: str
+    critique: str = ""
+    revision: str = ""
+    phase: RoundPhase = "critique"
+    error: str | None = None
+    stop_reason: StopReason | None = None
+    nothing_to_fix: bool = False
+    duration: float | None = None
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    deltas: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.phase in ("critique", "revision")
+
+    def timing(self) -> Timing:
+        """Timing so far (for a round cut off before its RoundDone)."""
+        ttft = None if self.first_token is None else self.first_token - self.started
+        return Timing(ttft=ttft, duration=time.perf_counter() - self.started, tokens=self.deltas)
+
+
+@dataclass
+class TurnView:
+    """A turn as far as it has streamed: the base answer, the rounds, and how it ended."""
+
+    base_text: str = ""
+    base_model: str = ""
+    base_done: bool = False
+    rounds: list[RoundView] = field(default_factory=list)
+    error: ErrorEvent | None = None  # the base answer failed
+    stop_reason: StopReason | None = None
+    final: str | None = None
+    finished: bool = False  # the turn ended and everything it produced was written
+    turn_id: int | None = None
+    save_error: str | None = None
+
+    def apply(self, event: Event) -> None:
+        """Fold one engine event into the view."""
+        if isinstance(event, BaseDelta):
+            self.base_text += event.text
+        elif isinstance(event, BaseDone):
+            self.base_text, self.base_model, self.base_done = event.text, event.model, True
+        elif isinstance(event, RoundStart):
+            self.rounds.append(RoundView(event.round, event.model))
+        elif isinstance(event, CritiqueDelta | RevisionDelta):
+            current = self.rounds[-1]
+            current.deltas += 1
+            current.first_token = current.first_token or time.perf_counter()
+            if isinstance(event, CritiqueDelta):
+                current.critique += event.text
+            else:
+                current.phase = "revision"
+                current.revision += event.text
+        elif isinstance(event, RoundDone):
+            current = self.rounds[-1]
+            current.critique, current.revision, current.phase = event.critique, event.revision, event.status
+            current.error, current.stop_reason = event.error, event.stop_reason
+            current.nothing_to_fix, current.duration = event.nothing_to_fix, event.timing.duration
+        elif isinstance(event, ErrorEvent) and event.stage == "base":
+            self.error = event
+            self.base_text = event.partial or self.base_text
+        elif isinstance(event, TurnDone):
+            self.stop_reason, self.final = event.stop_reason, event.final
+
+    @property
+    def running_round(self) -> RoundView | None:
+        return self.rounds[-1] if self.rounds and self.rounds[-1].running else None
+
+    def last_good(self) -> str:
+        """The latest complete revision, else the base answer."""
+        complete = [r for r in self.rounds if r.phase == "complete"]
+        return complete[-1].revision if complete else self.base_text
+
+    def versions(self) -> dict[int, str]:
+        """The comparable versions: 0 = the base answer (when complete), k = each complete round."""
+        found = {0: self.base_text} if self.base_done and self.error is None else {}
+        found.update({r.index: r.revision for r in self.rounds if r.phase == "complete"})
+        return found
+
+    def interruption(self, kind: Literal["cancelled", "error"], message: str) -> list[Event]:
+        """The events that close this turn when it is cut off (stopped, or an unexpected
+        failure): the part in progress is reported with its partial text, then TurnDone."""
+        if self.stop_reason is not None:
+            return []
+        if self.error is not None:
+            return [TurnDone(final=self.base_text, rounds_completed=0, stop_reason="error")]
+        if not self.base_done and self.error is None:
+            return [ErrorEvent(stage="base", kind=kind, message=message, partial=self.base_text),
+                    TurnDone(final=self.base_text, rounds_completed=0,
+                             stop_reason="cancelled" if kind == "cancelled" else "error")]
+        events: list[Event] = []
+        stop: StopReason = "cancelled" if kind == "cancelled" else "failed"
+        if (current := self.running_round) is not None:
+            if kind == "error":
+                events.append(ErrorEvent(stage="round", kind=kind, message=message, round=current.index))
+            events.append(RoundDone(
+                round=current.index, model=current.model, critique=current.critique.strip(),
+                revision=current.revision.strip(), status="cancelled" if kind == "cancelled" else "failed",
+                stop_reason=stop, error=None if kind == "cancelled" else message, timing=current.timing()))
+        completed = sum(r.phase == "complete" for r in self.rounds)
+        return [*events, TurnDone(final=self.last_good(), rounds_completed=completed, stop_reason=stop)]
