@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from db import open_database  # noqa: E402
+from db.models import high_score  # noqa: E402
 from db.stats import vote_win_rates  # noqa: E402
 from db.store import record_round, record_turn, record_vote  # noqa: E402
 from refine.events import RoundDone  # noqa: E402
@@ -94,8 +95,8 @@ def bench_sqlite3(path: Path, writers: int, total: int) -> tuple[float, np.ndarr
     """The baseline: one plain sqlite3 connection per thread, one INSERT per transaction."""
     local = threading.local()
     connections: list[sqlite3.Connection] = []
-    sql = ("INSERT INTO votes (turn_id, left_round, right_round, high_round, choice, key, voter_hash, created_at)"
-           " VALUES (?, ?, ?, ?, ?, ?, ?, datetime('now'))")
+    sql = ("INSERT INTO votes (turn_id, left_round, right_round, high_round, high_score, choice, key, voter_hash,"
+           " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, datetime('now'))")
 
     def write(i: int) -> None:
         if not hasattr(local, "con"):
@@ -105,7 +106,9 @@ def bench_sqlite3(path: Path, writers: int, total: int) -> tuple[float, np.ndarr
         v = vote_args(i)
         local.con.execute("BEGIN IMMEDIATE")
         local.con.execute(sql, (v["turn_id"], v["left_round"], v["right_round"],
-                                max(v["left_round"], v["right_round"]), v["choice"], v["key"], v["voter_hash"]))
+                                max(v["left_round"], v["right_round"]),
+                                high_score(v["left_round"], v["right_round"], v["choice"]), v["choice"], v["key"],
+                                v["voter_hash"]))
         local.con.execute("COMMIT")
 
     try:
@@ -136,9 +139,10 @@ def fill_votes(path: Path, n_votes: int, n_turns: int, seed: int = 0) -> dict[in
     right = np.where(k_left, 0, k)
     turns = first + rng.integers(0, n_turns, n_votes)
     con.executemany(
-        "INSERT INTO votes (turn_id, left_round, right_round, high_round, choice, key, created_at)"
-        " VALUES (?, ?, ?, ?, ?, 'bulk-' || ?, '2026-01-01 00:00:00')",
-        zip(turns.tolist(), left.tolist(), right.tolist(), k.tolist(), choice.tolist(), range(n_votes)))
+        "INSERT INTO votes (turn_id, left_round, right_round, high_round, high_score, choice, key, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, 'bulk-' || ?, '2026-01-01 00:00:00')",
+        zip(turns.tolist(), left.tolist(), right.tolist(), k.tolist(), np.where(win, 2, 0).tolist(), choice.tolist(),
+            range(n_votes)))
     con.commit()
     con.close()
     return p_win

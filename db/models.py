@@ -108,18 +108,35 @@ class Round(Base):
 
 
 HIGH_ROUND_SQL = "CASE WHEN left_round > right_round THEN left_round ELSE right_round END"
+HIGH_SCORE_SQL = ("CASE WHEN choice = 'tie' THEN 1 WHEN choice = CASE WHEN left_round > right_round"
+                  " THEN 'left' ELSE 'right' END THEN 2 ELSE 0 END")
 
 
-def _high_round(context: Any) -> int:
-    params = context.get_current_parameters()
-    return max(params["left_round"], params["right_round"])
+def high_score(left_round: int, right_round: int, choice: str) -> int | None:
+    """Points of the later version in a vote: 2 it won, 1 tie, 0 it lost, None both bad."""
+    if choice == "both_bad":
+        return None
+    if choice == "tie":
+        return 1
+    return 2 if choice == ("left" if left_round > right_round else "right") else 0
+
+
+def _default_high_round(context: Any) -> int:
+    p = context.get_current_parameters()
+    return max(p["left_round"], p["right_round"])
+
+
+def _default_high_score(context: Any) -> int | None:
+    p = context.get_current_parameters()
+    return high_score(p["left_round"], p["right_round"], p["choice"])
 
 
 class Vote(Base):
     """A blind A/B comparison of two versions of a turn's answer.
 
     `left_round` is the version shown on the left (or first), `right_round` the other one;
-    0 is the base answer. `choice` names the side the voter preferred.
+    0 is the base answer. `choice` names the side the voter preferred. `high_round` and
+    `high_score` restate the vote from the later version's side, for fast statistics.
     """
 
     __tablename__ = "votes"
@@ -128,16 +145,18 @@ class Vote(Base):
         CheckConstraint("left_round >= 0 AND right_round >= 0", name="rounds_non_negative"),
         CheckConstraint("left_round <> right_round", name="rounds_differ"),
         CheckConstraint(f"high_round = {HIGH_ROUND_SQL}", name="high_round_is_max"),
+        CheckConstraint(f"(choice = 'both_bad' AND high_score IS NULL) OR (choice <> 'both_bad' AND "
+                        f"high_score IS NOT NULL AND high_score = {HIGH_SCORE_SQL})", name="high_score_matches"),
         # Covers the statistics query, whose per-(turn, round) grouping then needs no sort.
-        Index(None, "turn_id", "high_round", "left_round", "right_round", "choice"),
+        Index(None, "turn_id", "high_round", "left_round", "right_round", "high_score"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     turn_id: Mapped[int] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"))
     left_round: Mapped[int] = mapped_column(Integer)
     right_round: Mapped[int] = mapped_column(Integer)
-    # The later of the two versions (the round a vote is about), derived on insert.
-    high_round: Mapped[int] = mapped_column(Integer, default=_high_round)
+    high_round: Mapped[int] = mapped_column(Integer, default=_default_high_round)  # the later version
+    high_score: Mapped[int | None] = mapped_column(Integer, default=_default_high_score)  # see high_score()
     choice: Mapped[str] = mapped_column(String(16))
     key: Mapped[str] = mapped_column(String(128), unique=True)  # idempotency key from the client
     voter_hash: Mapped[str | None] = mapped_column(String(128))

@@ -1,13 +1,14 @@
-"""Win rate of each round from the stored votes, aggregated in SQL so millions of votes take
-well under a second: the database reduces votes to per-turn counts and those to a handful of
-distinct (wins, ties, losses) patterns per round; numpy bootstraps over turns from there."""
+"""Win rate of each round from the stored votes, aggregated in SQL so a million votes take
+well under a second: the database reduces votes to per-turn sums while scanning the
+statistics index in order, then those to the few distinct per-turn outcomes per round;
+numpy bootstraps over turns from there (refine.winrate)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Literal
 
-from sqlalchemy import Connection, Engine, Select, and_, case, func, not_, or_, select
+from sqlalchemy import Connection, Engine, Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.models import Vote
@@ -17,7 +18,8 @@ Versus = Literal["original", "previous"]
 
 
 def _patterns(versus: Versus) -> Select:
-    """(round k, wins, ties, losses, turns, both-bad) per distinct per-turn outcome pattern."""
+    """Per round k: (points, wins, n, turns, both_bad) for each distinct per-turn outcome,
+    where points = 2·wins + ties and n = wins + ties + losses of round k in that turn."""
     v = Vote.__table__.c
     if versus == "original":
         pair = or_(v.left_round == 0, v.right_round == 0)
@@ -25,25 +27,18 @@ def _patterns(versus: Versus) -> Select:
         pair = or_(v.left_round - v.right_round == 1, v.right_round - v.left_round == 1)
     else:
         raise ValueError(f"versus must be 'original' or 'previous', got {versus!r}")
-    k = v.high_round  # the round the vote is about, in both cases
-    k_left = v.left_round == v.high_round  # round k was shown on the left
-    won = or_(and_(v.choice == "left", k_left), and_(v.choice == "right", not_(k_left)))
-    lost = or_(and_(v.choice == "right", k_left), and_(v.choice == "left", not_(k_left)))
-
-    def count_if(condition) -> object:
-        return func.sum(case((condition, 1), else_=0))
-
+    # high_score: the later version's points (2 won, 1 tie, 0 lost, NULL both bad).
     per_turn = (
-        select(k.label("k"), count_if(won).label("wins"), count_if(v.choice == "tie").label("ties"),
-               count_if(lost).label("losses"), count_if(v.choice == "both_bad").label("both_bad"))
+        select(v.high_round.label("k"), func.sum(v.high_score).label("points"),
+               func.sum(v.high_score // 2).label("wins"), func.count(v.high_score).label("n"),
+               (func.count() - func.count(v.high_score)).label("both_bad"))
         .where(pair)
-        .group_by(v.turn_id, k)  # the statistics index's order: no sort
+        .group_by(v.turn_id, v.high_round)  # the statistics index's order: no sort
         .subquery()
     )
     c = per_turn.c
-    return (select(c.k, c.wins, c.ties, c.losses, func.count().label("turns"),
-                   func.sum(c.both_bad).label("both_bad"))
-            .group_by(c.k, c.wins, c.ties, c.losses)
+    return (select(c.k, c.points, c.wins, c.n, func.count().label("turns"), func.sum(c.both_bad).label("both_bad"))
+            .group_by(c.k, c.points, c.wins, c.n)
             .order_by(c.k))
 
 
@@ -64,7 +59,10 @@ def vote_win_rates(bind: Engine | Connection | Session, versus: Versus = "origin
         by_round.setdefault(row.k, []).append(row)
     results = []
     for k, rows in sorted(by_round.items()):
-        rate = win_rate(k, [r.wins for r in rows], [r.ties for r in rows], [r.losses for r in rows],
-                        weights=[r.turns for r in rows], n_boot=n_boot, seed=seed, level=level)
+        wins = [r.wins or 0 for r in rows]
+        ties = [(r.points or 0) - 2 * w for r, w in zip(rows, wins)]
+        losses = [r.n - w - t for r, w, t in zip(rows, wins, ties)]
+        rate = win_rate(k, wins, ties, losses, weights=[r.turns for r in rows],
+                        n_boot=n_boot, seed=seed, level=level)
         results.append(replace(rate, both_bad=int(sum(r.both_bad for r in rows))))
     return results

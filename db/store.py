@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from db.engine import session_factory, write_connection, write_session
 from db.errors import InvalidInput
-from db.models import CHOICES, Conversation, Feedback, Round, Turn, Vote, utcnow
+from db.models import CHOICES, Conversation, Feedback, Round, Turn, Vote, high_score, utcnow
 from refine.events import RoundDone, StopReason, Timing
 from refine.records import PromptRow
 
@@ -156,7 +156,8 @@ def _turn(session: Session, turn_id: Any) -> Turn:
 
 
 _VOTE_COLUMNS = list(Vote.__table__.columns)
-_VOTE_VALUES = ["turn_id", "left_round", "right_round", "high_round", "choice", "key", "voter_hash", "created_at"]
+_VOTE_VALUES = ["turn_id", "left_round", "right_round", "high_round", "high_score", "choice", "key", "voter_hash",
+                "created_at"]
 _ROUNDS_FOUND = select(func.count()).where(
     Round.turn_id == bindparam("turn_id"), Round.status == "complete",
     Round.round_index.in_([bindparam("left_round"), bindparam("right_round")])).scalar_subquery()
@@ -214,7 +215,7 @@ def record_vote(engine: Engine, *, turn_id: int, left_round: int, right_round: i
     _text("voter_hash", voter_hash, MAX_KEY_CHARS, optional=True)
     _turn_id(turn_id)
     values = dict(turn_id=turn_id, left_round=left, right_round=right, high_round=max(left, right),
-                  choice=choice, key=key, voter_hash=voter_hash, created_at=utcnow(),
+                  high_score=high_score(left, right, choice), choice=choice, key=key, voter_hash=voter_hash, created_at=utcnow(),
                   needs_base=int(0 in (left, right)), rounds_needed=(left > 0) + (right > 0))
     try:
         with write_connection(engine) as connection:

@@ -36,8 +36,8 @@ def test_default_file_is_in_the_data_folder(tmp_path: Path, monkeypatch: pytest.
 def test_foreign_keys_are_enforced(tmp_path: Path) -> None:
     engine = open_database(f"sqlite:///{tmp_path / 'fk.db'}")
     with pytest.raises(Exception, match="FOREIGN KEY constraint failed"), engine.begin() as c:
-        c.execute(text("INSERT INTO votes (turn_id, left_round, right_round, high_round, choice, key, created_at)"
-                       " VALUES (42, 0, 1, 1, 'left', 'k', '2026-01-01')"))
+        c.execute(text("INSERT INTO votes (turn_id, left_round, right_round, high_round, high_score, choice, key,"
+                       " created_at) VALUES (42, 0, 1, 1, 0, 'left', 'k', '2026-01-01')"))
     engine.dispose()
 
 

@@ -63,20 +63,25 @@ def test_first_revision_upgrades_to_head_with_rows_intact(engine: Engine) -> Non
     before = dump(engine)
 
     upgrade(engine)
-    assert current(engine) == head() == "0003"
+    assert current(engine) == head() == "0004"
     after = dump(engine)
     for table in TABLES:
-        assert [{k: v for k, v in row.items() if k != "high_round"} for row in after[table]] == before[table]
-    assert [row["high_round"] for row in after["votes"]] == [1, 1, 2, 2, 1]  # backfilled by 0003
+        assert [{k: v for k, v in row.items() if not k.startswith("high_")} for row in after[table]] == before[table]
+    # Backfilled by 0003 and 0004: the later version, and its points (2 won, 1 tie, 0 lost).
+    assert [(row["high_round"], row["high_score"]) for row in after["votes"]] == [
+        (1, 2), (1, 2), (2, 0), (2, 1), (1, None)]
 
     # The upgraded database works: feedback (added by 0002), votes and statistics.
     assert record_feedback(engine, turn_id=1, round_index=2, critique="ok", edited_answer="Hi!") == 1
-    assert record_vote(engine, turn_id=1, left_round=2, right_round=0, choice="right", key="k6").high_round == 2
+    vote = record_vote(engine, turn_id=1, left_round=2, right_round=0, choice="right", key="k6")
+    assert (vote.high_round, vote.high_score) == (2, 0)
     by_round = {r.round: r for r in vote_win_rates(engine, "original", n_boot=200)}
     assert (by_round[1].wins, by_round[1].both_bad, by_round[2].wins, by_round[2].losses) == (2, 1, 0, 2)
-    with engine.connect() as c, pytest.raises(Exception, match="CHECK constraint failed"):
-        c.execute(text("INSERT INTO votes (turn_id, left_round, right_round, high_round, choice, key, created_at)"
-                       " VALUES (1, 0, 2, 1, 'left', 'bad', '2026-01-01')"))
+    for high_round, high_score, choice in [(1, 0, "right"), (2, 2, "right"), (2, None, "tie"), (2, 0, "both_bad")]:
+        with engine.connect() as c, pytest.raises(Exception, match="CHECK constraint failed: ck_votes_high"):
+            c.execute(text("INSERT INTO votes (turn_id, left_round, right_round, high_round, high_score, choice, key,"
+                           " created_at) VALUES (1, 2, 0, :r, :s, :c, 'bad', '2026-01-01')"),
+                      dict(r=high_round, s=high_score, c=choice))
 
 
 def test_downgrade_and_upgrade_again_keep_votes(engine: Engine) -> None:
@@ -108,11 +113,11 @@ def test_db_commands_upgrade_and_report_from_any_folder(tmp_path: Path, monkeypa
     runner = CliRunner()
     result = runner.invoke(cli, ["db", "current", "--db", url])
     assert result.exit_code == 0, result.output
-    assert "empty (head: 0003, needs `python -m refine db upgrade`)" in result.output
+    assert "empty (head: 0004, needs `python -m refine db upgrade`)" in result.output
     result = runner.invoke(cli, ["db", "upgrade", "--db", url, "--revision", "0002"])
     assert result.exit_code == 0 and "empty -> 0002" in result.output, result.output
     monkeypatch.setenv("REFINE_DATABASE_URL", url)  # the settings' URL is the default
     result = runner.invoke(cli, ["db", "upgrade"])
-    assert result.exit_code == 0 and "0002 -> 0003" in result.output, result.output
+    assert result.exit_code == 0 and "0002 -> 0004" in result.output, result.output
     result = runner.invoke(cli, ["db", "current"])
-    assert "0003 (head: 0003, up to date)" in result.output
+    assert "0004 (head: 0004, up to date)" in result.output

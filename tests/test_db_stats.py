@@ -127,7 +127,7 @@ def test_statistics_query_groups_in_index_order(engine: Engine) -> None:
         sql = str(_patterns(versus).compile(engine, compile_kwargs={"literal_binds": True}))
         with engine.connect() as c:
             plan = [row[-1] for row in c.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
-        assert "SCAN votes USING COVERING INDEX ix_votes_turn_id_high_round_left_round_right_round_choice" in plan
+        assert "SCAN votes USING COVERING INDEX ix_votes_turn_id_high_round_left_round_right_round_high_score" in plan
         assert sum("TEMP B-TREE FOR GROUP BY" in step for step in plan) == 1  # only over the few patterns
 
 

@@ -98,7 +98,7 @@ def test_same_vote_key_twice_stores_one_row_and_returns_the_first(engine: Engine
                         voter_hash=hash_voter("session-1"))
     again = record_vote(engine, turn_id=turn, left_round=0, right_round=1, choice="tie", key="k-1")
     assert again.id == first.id
-    assert (again.left_round, again.right_round, again.high_round, again.choice) == (2, 0, 2, "left")
+    assert (again.left_round, again.right_round, again.high_round, again.high_score, again.choice) == (2, 0, 2, 2, "left")
     assert again.voter_hash == hash_voter("session-1") != hash_voter("session-2")
     assert counts(engine)["votes"] == 1
 
