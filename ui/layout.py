@@ -100,9 +100,9 @@ def _controls(ctx: AppContext) -> dict:
             stop_early = gr.Checkbox(value=s.stop_early, label="Stop early when there is nothing left to fix")
             temperature = gr.Slider(0.0, 2.0, value=s.temperature, step=0.05, label="Temperature (0 = greedy)")
         with gr.Row():
-            max_new_tokens = gr.Slider(16, MAX_TOKENS, value=s.max_new_tokens, step=16, precision=0,
+            max_new_tokens = gr.Slider(1, MAX_TOKENS, value=s.max_new_tokens, step=1, precision=0,
                                        label="Max new tokens · answer")
-            cnr_max_new_tokens = gr.Slider(16, MAX_TOKENS, value=s.cnr_max_new_tokens, step=16, precision=0,
+            cnr_max_new_tokens = gr.Slider(1, MAX_TOKENS, value=s.cnr_max_new_tokens, step=1, precision=0,
                                            label="Max new tokens · critique + revision")
     return dict(rounds=rounds, stop_early=stop_early, temperature=temperature, max_new_tokens=max_new_tokens,
                 cnr_max_new_tokens=cnr_max_new_tokens)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Literal
 
 from db.recorder import EventRecorder
 from refine.events import BaseDone, ErrorEvent, Event, RoundDone
@@ -34,6 +35,7 @@ class TurnRun:
         self._writes: asyncio.Queue[Event | None] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_all())
         self._task = asyncio.create_task(self._run(events))
+        self._task.add_done_callback(self._ended)
 
     def _apply(self, event: Event) -> None:
         self.view.apply(event)
@@ -46,20 +48,25 @@ class TurnRun:
             async for event in events:
                 self._apply(event)
         except asyncio.CancelledError:
-            for event in self.view.interruption("cancelled", "stopped by the user"):
-                self._apply(event)
+            self._interrupt("cancelled", "stopped by the user")
         except Exception as exc:  # a bug or an unexpected failure: end the turn, keep the app up
             log.exception("turn failed")
-            for event in self.view.interruption("error", f"internal error ({type(exc).__name__})"):
-                self._apply(event)
+            self._interrupt("error", f"internal error ({type(exc).__name__})")
         finally:
             self._writes.put_nowait(None)
-            await asyncio.shield(self._writer)
-            self.view.finished = True
-            self._changed.set()
+
+    def _interrupt(self, kind: Literal["cancelled", "error"], message: str) -> None:
+        for event in self.view.interruption(kind, message):
+            self._apply(event)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        if task.cancelled():  # cancelled before it started, so _run never ran: close the turn here
+            self._interrupt("cancelled", "stopped by the user")
+            self._writes.put_nowait(None)
 
     async def _write_all(self) -> None:
-        """Write events one after another (the turn before its rounds), off the event loop."""
+        """Write events one after another (the turn before its rounds), off the event loop; the
+        turn is finished once the last one is written."""
         while (event := await self._writes.get()) is not None:
             if self._recorder is None:
                 continue
@@ -69,6 +76,8 @@ class TurnRun:
                 log.warning("could not store a %s event: %s", event.type, exc)
                 self.view.save_error = self.view.save_error or str(exc)
         self.view.turn_id = self._recorder.turn_id if self._recorder else None
+        self.view.finished = True
+        self._changed.set()
 
     async def snapshots(self) -> AsyncIterator[TurnView]:
         """The view after each batch of changes, until the turn is finished and written. A slow
@@ -83,11 +92,12 @@ class TurnRun:
     async def stop(self) -> None:
         """Cancel the generation and wait until what it produced is written."""
         self._task.cancel()
-        await asyncio.shield(self._task)
+        await asyncio.shield(self._writer)
 
     @property
     def done(self) -> bool:
-        return self._task.done()
+        """Whether the turn ended and everything it produced was written."""
+        return self._writer.done()
 
 
 class ActiveTurns:
