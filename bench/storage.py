@@ -10,6 +10,7 @@ Targets: >= 2,000 votes/s and p99 <= 20 ms with 16 writers; statistics over 1M v
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 import tempfile
@@ -52,8 +53,9 @@ def vote_args(i: int) -> dict:
                 choice=("left", "right", "tie", "both_bad")[i % 4], key=f"vote-{i}", voter_hash="v" * 64)
 
 
-def run(writers: int, total: int, write: Callable[[int], None]) -> tuple[float, np.ndarray]:
-    """Run `total` writes split over `writers` threads; (votes/s, latencies in seconds)."""
+def run(writers: int, total: int, write: Callable[[int], None]) -> tuple[float, np.ndarray, float]:
+    """Run `total` writes split over `writers` threads; (votes/s, latencies in seconds, CPU
+    seconds of this process per vote)."""
     latencies = np.zeros(total)
     errors: list[BaseException] = []
     barrier = threading.Barrier(writers + 1)
@@ -72,16 +74,16 @@ def run(writers: int, total: int, write: Callable[[int], None]) -> tuple[float, 
     for thread in threads:
         thread.start()
     barrier.wait()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     if errors:
         raise errors[0]
-    return total / elapsed, latencies
+    return total / elapsed, latencies, cpu / total
 
 
-def bench_store(path: Path, writers: int, total: int) -> tuple[float, np.ndarray]:
+def bench_store(path: Path, writers: int, total: int) -> tuple[float, np.ndarray, float]:
     from db.engine import make_engine
 
     engine = make_engine(f"sqlite:///{path}", pool_size=writers, max_overflow=0)
@@ -91,7 +93,7 @@ def bench_store(path: Path, writers: int, total: int) -> tuple[float, np.ndarray
         engine.dispose()
 
 
-def bench_sqlite3(path: Path, writers: int, total: int) -> tuple[float, np.ndarray]:
+def bench_sqlite3(path: Path, writers: int, total: int) -> tuple[float, np.ndarray, float]:
     """The baseline: one plain sqlite3 connection per thread, one INSERT per transaction."""
     local = threading.local()
     connections: list[sqlite3.Connection] = []
@@ -157,32 +159,35 @@ def main() -> None:
     folder = args.dir or Path(tempfile.mkdtemp(prefix="refine-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     print(f"SQLite {sqlite3.sqlite_version}, WAL, synchronous=NORMAL; files in {folder}")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
 
     print(f"\nvote writes ({args.votes} per run, one transaction per vote)")
-    print(f"{'writers':>7}  {'method':<22} {'votes/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'writers':>7}  {'method':<22} {'votes/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/vote':>12}")
     results = {}
     for writers in (1, 16):
         for name, bench in (("bare sqlite3", bench_sqlite3), ("db.store.record_vote", bench_store)):
-            rate, lat = bench(fresh_db(folder, f"{name.split()[0]}-{writers}"), writers, args.votes)
+            rate, lat, cpu = bench(fresh_db(folder, f"{name.split()[0]}-{writers}"), writers, args.votes)
             p50, p99 = np.percentile(lat, [50, 99]) * 1000
             results[writers, name] = rate, p99
-            print(f"{writers:>7}  {name:<22} {rate:>9,.0f} {p50:>8.2f} {p99:>8.2f}")
+            print(f"{writers:>7}  {name:<22} {rate:>9,.0f} {p50:>8.2f} {p99:>8.2f} {cpu * 1e6:>12.0f}")
         base, ours = results[writers, "bare sqlite3"], results[writers, "db.store.record_vote"]
         print(f"{'':>7}  ratio store/bare: throughput {ours[0] / base[0]:.2f}x, p99 {ours[1] / base[1]:.1f}x")
 
-    print(f"\nstatistics over {args.stats_votes:,} votes")
+    print(f"\nstatistics over {args.stats_votes:,} votes on {max(1, args.stats_votes // 10):,} turns, 3 rounds")
     path = fresh_db(folder, "stats")
     start = time.perf_counter()
     expected = fill_votes(path, args.stats_votes, n_turns=max(1, args.stats_votes // 10))
     print(f"  (generated in {time.perf_counter() - start:.1f} s)")
     engine = open_database(f"sqlite:///{path}")
     for versus in ("original", "previous"):
-        times = []
+        times, cpus = [], []
         for _ in range(3):
-            start = time.perf_counter()
-            rates = vote_win_rates(engine, versus)
+            start, cpu = time.perf_counter(), time.process_time()
+            vote_win_rates(engine, versus)
             times.append(time.perf_counter() - start)
-        print(f"  vote_win_rates(versus={versus!r}): first {times[0]:.3f} s, best of 3 {min(times):.3f} s")
+            cpus.append(time.process_time() - cpu)
+        print(f"  vote_win_rates(versus={versus!r}): first {times[0]:.3f} s, best of 3 {min(times):.3f} s"
+              f" (CPU {min(cpus):.3f} s)")
     for r in vote_win_rates(engine, "original"):
         if r.round in expected:
             print(f"  round {r.round}: {100 * r.rate:.2f}% [{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}]"

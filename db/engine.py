@@ -118,9 +118,9 @@ def write_connection(engine: Engine) -> Iterator[Connection]:
     """A connection in one write transaction (BEGIN IMMEDIATE on SQLite: a transaction that
     reads then writes never fails halfway on a lock it cannot upgrade); committed on success,
     rolled back on error."""
-    with write_lock(engine), engine.connect() as connection:
+    with engine.connect() as connection:  # pool checkout and return stay outside the lock
         connection.execution_options(**{WRITE_OPTION: True})
-        with connection.begin():
+        with write_lock(engine), connection.begin():
             yield connection
 
 
