@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from refine.judging.prompt import PROMPT_VERSION, judge_messages
+from refine.judging.cli import judge_spec
+from refine.judging.prompt import PROMPT_VERSION, judge_messages, prompt_version
 from refine.judging.verdicts import combine, order_outcome, parse_verdict
 
 
@@ -86,6 +87,28 @@ def test_prompt_text_is_pinned_to_its_version() -> None:
     """Changing the judge prompt (or how a conversation is rendered into it) must bump
     PROMPT_VERSION: verdicts of different prompts are not comparable. Update both together."""
     chat = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]
-    digest = hashlib.sha256(str(judge_messages(chat, "a", "b")).encode()).hexdigest()
-    assert (PROMPT_VERSION, digest) == ("pairwise-v1", "331cfc669f3df51c66251abffdf88895fedd72c94a865b086641bababa88f9f3")
+    digests = [hashlib.sha256(str(judge_messages(chat, "a", "b", few_shot=f)).encode()).hexdigest() for f in (0, 1)]
+    assert (PROMPT_VERSION, digests) == ("pairwise-v1", [
+        "331cfc669f3df51c66251abffdf88895fedd72c94a865b086641bababa88f9f3",
+        "b81fc027caec2db60f28db84f45fc941ecab666db504433eb67bb0e386002605"])
     assert json.dumps(judge_messages(chat, "a", "b"))  # plain JSON-able chat messages
+
+
+def test_few_shot_mode_shows_worked_examples_and_has_its_own_version() -> None:
+    messages = judge_messages([{"role": "user", "content": "Name a colour."}], "Red.", "Blue.", few_shot=True)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [messages[2]["content"], messages[4]["content"]] == ["Verdict: B", "Verdict: A"]
+    assert messages[1]["content"].replace("What is 2 + 3?", "X") != messages[5]["content"]
+    assert "Name a colour." in messages[5]["content"]
+    assert (prompt_version(), prompt_version(True)) == ("pairwise-v1", "pairwise-v1+few-shot")
+
+
+@pytest.mark.parametrize("backend, model, url, given, few_shot", [
+    ("local", "", None, None, True),  # the embedded 135M model: few-shot by default
+    ("local", "some/folder", None, None, False),
+    ("openai", "gpt", "http://x", None, False),
+    ("openai", "gpt", "http://x", True, True),
+    ("local", "", None, False, False),
+])
+def test_few_shot_by_default_only_for_the_embedded_judge(backend, model, url, given, few_shot) -> None:
+    assert judge_spec(backend, model, url, 32, given).few_shot is few_shot

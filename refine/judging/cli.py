@@ -23,6 +23,9 @@ JUDGE_OPTIONS = [
     click.option("--judge-url", envvar="REFINE_JUDGE_URL", show_envvar=True, help="Server URL of the judge (tgi/openai)."),
     click.option("--judge-max-new-tokens", type=click.IntRange(1, 32768), default=32, show_default=True,
                  help="Max new tokens of a verdict (raise it for models that think before answering)."),
+    click.option("--judge-few-shot/--judge-zero-shot", default=None,
+                 help="Show the judge two worked examples first, for small models that ignore the format otherwise "
+                      "[default: few-shot for the embedded model only]."),
     click.option("--vs-previous", is_flag=True, help="Also judge round k against round k−1 (k ≥ 2)."),
 ]
 
@@ -34,14 +37,16 @@ def judge_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def judge_spec(judge_backend: str, judge_model: str, judge_url: str | None, judge_max_new_tokens: int) -> JudgeSpec:
+def judge_spec(judge_backend: str, judge_model: str, judge_url: str | None, judge_max_new_tokens: int,
+               judge_few_shot: bool | None) -> JudgeSpec:
     """The JudgeSpec of the judge options; the API key comes from REFINE_JUDGE_API_KEY only
     (else the backend's own default, OPENAI_API_KEY / HF_TOKEN) and is never written anywhere."""
     if judge_backend != "local" and not judge_url:
         raise click.UsageError(f"--judge-backend {judge_backend} needs --judge-url (or REFINE_JUDGE_URL)")
     key = os.environ.get("REFINE_JUDGE_API_KEY")
+    few_shot = judge_few_shot if judge_few_shot is not None else (judge_backend == "local" and not judge_model)
     return JudgeSpec(backend=judge_backend, model=judge_model, url=judge_url, api_key=SecretStr(key) if key else None,
-                     max_new_tokens=judge_max_new_tokens)
+                     max_new_tokens=judge_max_new_tokens, few_shot=few_shot)
 
 
 def report_run(run: JudgeRun, output: Path) -> None:
@@ -65,7 +70,7 @@ def report_run(run: JudgeRun, output: Path) -> None:
 @click.option("--timeout", type=float, help="Seconds to wait for the first/next token from a server [default 60].")
 @click.option("--retries", type=int, help="Retries before the first token [default 2].")
 def command(input_path: Path, output: Path, judge_backend: str, judge_model: str, judge_url: str | None,
-            judge_max_new_tokens: int, vs_previous: bool, **options: Any) -> None:
+            judge_max_new_tokens: int, judge_few_shot: bool | None, vs_previous: bool, **options: Any) -> None:
     """Judge each round's revision against the original answer (and with --vs-previous against
     the round before), every pair in both orders, with an LLM through any backend.
 
@@ -78,7 +83,7 @@ def command(input_path: Path, output: Path, judge_backend: str, judge_model: str
       python -m refine judge --input revised.jsonl --output verdicts.jsonl \\
         --judge-backend openai --judge-url http://localhost:8000/v1 --judge-model Qwen/Qwen2.5-72B-Instruct
     """
-    spec = judge_spec(judge_backend, judge_model, judge_url, judge_max_new_tokens)
+    spec = judge_spec(judge_backend, judge_model, judge_url, judge_max_new_tokens, judge_few_shot)
     settings = settings_from(options)
     try:
         run = run_judge(input_path, output, spec, settings, vs_previous=vs_previous)

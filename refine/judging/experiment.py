@@ -33,7 +33,6 @@ from refine.cli_options import model_options, settings_from
 from refine.cnr_format import FORMAT_VERSION
 from refine.judging.cli import judge_options, judge_spec, report_run
 from refine.judging.judge import JudgeSpec, read_verdicts, run_judge
-from refine.judging.prompt import PROMPT_VERSION
 from refine.judging.report import summary_table, write_report
 from refine.judging.stats import verdict_summaries
 from refine.records import InvalidRecordsError, PromptRow, read_rows, write_jsonl
@@ -60,7 +59,7 @@ def run_manifest(settings: Settings, spec: JudgeSpec, prompts_sha256: str, *, vs
         "cnr": {"model": cnr_model(settings) or "embedded", "adapter": cnr_adapter(settings),
                 "few_shot": cnr_few_shot(settings), "format": FORMAT_VERSION},
         "judge": {"backend": spec.backend, "model": spec.model or "embedded", "url": spec.url,
-                  "max_new_tokens": spec.max_new_tokens, "temperature": 0.0, "prompt_version": PROMPT_VERSION,
+                  "max_new_tokens": spec.max_new_tokens, "temperature": 0.0, "prompt_version": spec.prompt_version,
                   "vs_previous": vs_previous},
         "prompts_sha256": prompts_sha256,
     }
@@ -156,7 +155,8 @@ def prepare(out: Path, rows: list[PromptRow], manifest_for: Callable[[str], dict
 @model_options
 @click.pass_context
 def command(ctx: click.Context, prompts: Path, out: Path, limit: int | None, judge_backend: str, judge_model: str,
-            judge_url: str | None, judge_max_new_tokens: int, vs_previous: bool, **options: Any) -> None:
+            judge_url: str | None, judge_max_new_tokens: int, judge_few_shot: bool | None, vs_previous: bool,
+            **options: Any) -> None:
     """Run the paper's experiment on your prompts: revise each answer for N rounds, judge every
     round against the original in both orders, and tabulate the win rate per round with 95% CIs.
 
@@ -166,7 +166,7 @@ def command(ctx: click.Context, prompts: Path, out: Path, limit: int | None, jud
     """
     from refine.revise import command as revise
 
-    spec = judge_spec(judge_backend, judge_model, judge_url, judge_max_new_tokens)
+    spec = judge_spec(judge_backend, judge_model, judge_url, judge_max_new_tokens, judge_few_shot)
     settings = settings_from(options)
     try:
         rows = read_rows(prompts, PromptRow)[:limit]
@@ -191,7 +191,7 @@ def command(ctx: click.Context, prompts: Path, out: Path, limit: int | None, jud
 
     summaries = verdict_summaries(read_verdicts(verdicts))
     title = (f"{prompts.name}: {len(rows)} prompts, {options['rounds']} rounds, "
-             f"judge {spec.label} ({PROMPT_VERSION})")
+             f"judge {spec.label} ({spec.prompt_version})")
     write_report(summaries, out_dir=out, title=title, meta={"run_folder": str(out)})
     click.echo(f"{title}\n{summary_table(summaries)}")
     click.echo(f"run folder: {out} (rerun the same command to resume)", err=True)

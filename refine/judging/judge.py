@@ -30,7 +30,7 @@ from pydantic import SecretStr
 
 from refine.backends import BackendPool
 from refine.backends.base import Backend, BackendError, GenerationParams, Message
-from refine.judging.prompt import PROMPT_VERSION, judge_messages
+from refine.judging.prompt import judge_messages, prompt_version
 from refine.judging.verdicts import Outcome, Side, combine, order_outcome, parse_verdict
 from refine.records import PromptRow, read_rows
 from refine.settings import Settings
@@ -41,18 +41,24 @@ Key = tuple[str, int, str]
 
 @dataclass(frozen=True)
 class JudgeSpec:
-    """Which judge to ask: any backend kind, model and server; `max_new_tokens` bounds its answer."""
+    """Which judge to ask: any backend kind, model and server; `max_new_tokens` bounds its answer;
+    `few_shot` shows it worked examples first (see refine.judging.prompt)."""
 
     backend: str = "local"
     model: str = ""
     url: str | None = None
     api_key: SecretStr | None = None
     max_new_tokens: int = 32
+    few_shot: bool = False
 
     @property
     def label(self) -> str:
         """`backend:model`, written into every verdict row (no URL: it may carry credentials)."""
         return f"{self.backend}:{self.model or 'embedded'}"
+
+    @property
+    def prompt_version(self) -> str:
+        return prompt_version(self.few_shot)
 
 
 @dataclass(frozen=True)
@@ -138,14 +144,15 @@ def verdict_key(row: dict[str, Any]) -> Key:
     return (str(row["id"]), int(row["round"]), str(row["versus"]))
 
 
-async def judge_pair(backend: Backend, pair: Pair, params: GenerationParams) -> tuple[Outcome, list[dict[str, Any]]]:
+async def judge_pair(backend: Backend, pair: Pair, params: GenerationParams, *,
+                     few_shot: bool = False) -> tuple[Outcome, list[dict[str, Any]]]:
     """Judge a pair in both orders (the original/baseline shown first, then the revision first);
     raises BackendError when a request fails."""
     orders = []
     for side in ("B", "A"):
         revision_side: Side = side  # type: ignore[assignment]
         a, b = (pair.baseline, pair.revision) if revision_side == "B" else (pair.revision, pair.baseline)
-        async with aclosing(backend.stream(judge_messages(pair.conversation, a, b), params)) as deltas:
+        async with aclosing(backend.stream(judge_messages(pair.conversation, a, b, few_shot=few_shot), params)) as deltas:
             raw = "".join([delta async for delta in deltas])
         parsed = parse_verdict(raw)
         orders.append({"revision_side": revision_side, "verdict": parsed.verdict,
@@ -166,8 +173,8 @@ def verdict_row(pair: Pair, outcome: Outcome, orders: list[dict[str, Any]], *, r
     return row
 
 
-async def judge_pairs(pairs: list[Pair], backend: Backend, params: GenerationParams, *,
-                      concurrency: int = 1) -> AsyncIterator[tuple[Pair, dict[str, Any] | None, str | None]]:
+async def judge_pairs(pairs: list[Pair], backend: Backend, params: GenerationParams, *, concurrency: int = 1,
+                      few_shot: bool = False) -> AsyncIterator[tuple[Pair, dict[str, Any] | None, str | None]]:
     """Judge pairs with at most `concurrency` in flight; yields (pair, verdict row or None, error)
     as each finishes."""
     limit = asyncio.Semaphore(concurrency)
@@ -177,7 +184,7 @@ async def judge_pairs(pairs: list[Pair], backend: Backend, params: GenerationPar
             return pair, verdict_row(pair, "tie", [], reason="identical texts: a tie without asking the judge"), None
         async with limit:
             try:
-                outcome, orders = await judge_pair(backend, pair, params)
+                outcome, orders = await judge_pair(backend, pair, params, few_shot=few_shot)
             except BackendError as err:
                 return pair, None, f"{err.kind}: {err.message}"
         return pair, verdict_row(pair, outcome, orders), None
@@ -193,10 +200,20 @@ async def judge_pairs(pairs: list[Pair], backend: Backend, params: GenerationPar
 
 def _check_same_judge(rows: list[dict[str, Any]], spec: JudgeSpec, path: Path) -> None:
     for row in rows:
-        if row.get("judge") != spec.label or row.get("prompt_version") != PROMPT_VERSION:
+        if row.get("judge") != spec.label or row.get("prompt_version") != spec.prompt_version:
             raise ValueError(
                 f"{path} holds verdicts of judge {row.get('judge')!r} with prompt {row.get('prompt_version')!r}, "
-                f"not {spec.label!r} with {PROMPT_VERSION!r}; write to another file")
+                f"not {spec.label!r} with {spec.prompt_version!r}; write to another file")
+
+
+def _end_cut_line(path: Path) -> None:
+    """End a last line cut by an interruption, so that the next row starts on a line of its own."""
+    if not path.exists() or not path.stat().st_size:
+        return
+    with path.open("rb+") as fh:
+        fh.seek(-1, 2)
+        if fh.read(1) != b"\n":
+            fh.write(b"\n")
 
 
 def _append(out: Any, row: dict[str, Any]) -> None:
@@ -216,9 +233,7 @@ def run_judge(input_path: Path, output: Path, spec: JudgeSpec, settings: Setting
     already = len(pairs) + len(skipped) - len(todo) - len(new_skipped)
     if not todo and not new_skipped:
         return JudgeRun(already=already)
-    if output.exists() and output.stat().st_size and not output.read_bytes().endswith(b"\n"):
-        with output.open("a", encoding="utf-8") as out:
-            out.write("\n")  # end a line cut by an interruption, so the next row starts clean
+    _end_cut_line(output)
     return asyncio.run(_judge(todo, new_skipped, output, spec, settings, already=already, progress=progress))
 
 
@@ -227,7 +242,7 @@ async def _judge(todo: list[Pair], skipped: list[dict[str, Any]], output: Path, 
     from tqdm import tqdm
 
     pool = BackendPool(settings)
-    stamp = {"judge": spec.label, "prompt_version": PROMPT_VERSION}
+    stamp = {"judge": spec.label, "prompt_version": spec.prompt_version}
     judged = failed = 0
     try:
         backend = pool.backend(spec.backend, spec.model, url=spec.url, api_key=spec.api_key) if todo else None
@@ -240,7 +255,8 @@ async def _judge(todo: list[Pair], skipped: list[dict[str, Any]], output: Path, 
                 _append(out, {**row, **stamp})
             if backend is None:
                 return JudgeRun(skipped=len(skipped), already=already)
-            async for pair, row, error in judge_pairs(todo, backend, params, concurrency=concurrency):
+            async for pair, row, error in judge_pairs(todo, backend, params, concurrency=concurrency,
+                                                      few_shot=spec.few_shot):
                 if row is None:
                     failed += 1
                     tqdm.write(f"{pair.id} round {pair.round} vs {pair.versus}: judge failed ({error}); "
