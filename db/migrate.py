@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -49,7 +50,7 @@ def downgrade(target: Engine | str | None, revision: str) -> None:
     _migrate(target, command.downgrade, revision)
 
 
-def _migrate(target: Engine | str | None, action, revision: str) -> None:
+def _migrate(target: Engine | str | None, action: Callable[[Config, str], None], revision: str) -> None:
     engine, own = _engine(target)
     try:
         config = alembic_config()
