@@ -28,16 +28,18 @@ class TrainConfig:
     # optimisation
     epochs: float = 1.0
     learning_rate: float = 2e-4
-    batch_size: int = 4
-    grad_accum: int = 2
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_steps: int = 5
+    batch_size: int = 1  # with 1 there is no padding at all; above 1 batches are grouped by length
+    grad_accum: int = 10
     max_length: int = 512
-    warmup_ratio: float = 0.05
     gradient_checkpointing: bool = False
     seed: int = 42
     limit: int | None = None  # use only the first N training records (after a seeded shuffle)
     dtype: str = "auto"  # bf16 on GPUs and bf16-capable CPUs, else fp32
     # bookkeeping
     save_steps: int | None = None  # None: checkpoint at the end of each epoch
+    snapshot_records: list[int] = field(default_factory=list)  # also save the adapter after N records
     save_total_limit: int = 2
     logging_steps: int = 10
     resume: bool = False

@@ -64,7 +64,8 @@ def split_records(records: list[FeedbackRecord], *, eval_records: list[FeedbackR
                   heldout_share: float = 0.1, limit: int | None = None, seed: int = 42) -> DataSplit:
     """Train/held-out split. With `eval_records` those are held out (and any training record
     sharing a split key with them is dropped); otherwise about `heldout_share` by id hash.
-    `limit` keeps the first N training records of a seeded shuffle (nested across N)."""
+    Training records come in a seeded random order, which is the order they are trained in;
+    `limit` keeps the first N of it (so smaller sets are prefixes of larger ones)."""
     if eval_records is not None:
         keys = {split_key(r) for r in eval_records}
         train = [r for r in records if split_key(r) not in keys]
@@ -72,9 +73,9 @@ def split_records(records: list[FeedbackRecord], *, eval_records: list[FeedbackR
     else:
         train = [r for r in records if not is_heldout(r, heldout_share)]
         heldout = [r for r in records if is_heldout(r, heldout_share)]
+    train = train[:]
+    random.Random(seed).shuffle(train)
     if limit is not None:
-        train = train[:]
-        random.Random(seed).shuffle(train)
         train = train[:limit]
     if not train:
         raise TrainingDataError("no training records left after holding out the evaluation records")

@@ -56,14 +56,17 @@ def sft_config(config: TrainConfig, *, has_eval: bool) -> Any:
         output_dir=str(Path(config.output) / "checkpoints"),
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
+        per_device_eval_batch_size=max(config.batch_size, 4),
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_steps,
         max_length=config.max_length,
         completion_only_loss=True,  # loss on critique + revision only, never on the prompt
-        train_sampling_strategy="group_by_length",  # batches of similar length: little padding
+        # One example per step has no padding, and keeps the seeded order of `split_records`, so with a
+        # constant learning rate the adapter after N records is the adapter of a run on those N.
+        # Larger batches are grouped by length to avoid padding waste.
+        train_sampling_strategy="sequential" if config.batch_size == 1 else "group_by_length",
         gradient_checkpointing=config.gradient_checkpointing,
         bf16=_use_bf16(config),
         use_cpu=not torch.cuda.is_available(),
@@ -89,7 +92,11 @@ def load_base(config: TrainConfig) -> tuple[Any, Any]:
     from refine.backends.local import resolve_dtype, split_model_ref
 
     ref, gguf = split_model_ref(config.base_model)
-    kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
+    kwargs: dict[str, Any] = {}
+    if gguf:  # unpack to plain dense weights: a model still marked GGUF-quantized cannot train
+        from transformers.utils.quantization_config import GgufConfig
+
+        kwargs = {"gguf_file": gguf, "quantization_config": GgufConfig(dequantize=True)}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # Frozen LoRA bases run in the compute dtype; full fine-tuning keeps fp32 master weights.
     dtype = torch.float32 if config.full else resolve_dtype(config.dtype, device)
@@ -97,8 +104,8 @@ def load_base(config: TrainConfig) -> tuple[Any, Any]:
         from accelerate import PartialState
         from transformers import BitsAndBytesConfig
 
-        if config.full:
-            raise ValueError("--load-in-4bit is for LoRA (QLoRA); it cannot be combined with --full")
+        if config.full or gguf:
+            raise ValueError("--load-in-4bit is QLoRA on a safetensors model: not with --full or a GGUF file")
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
@@ -122,6 +129,27 @@ def lora_config(config: TrainConfig) -> Any:
                       target_modules=targets, task_type="CAUSAL_LM")
 
 
+def snapshot_callback(config: TrainConfig, folder: Path) -> Any:
+    """A callback saving the model after each of `config.snapshot_records` training records
+    into folder/n<records> (with a settings.json saying `limit: <records>`)."""
+    from dataclasses import replace
+
+    from transformers import TrainerCallback
+
+    per_step = config.batch_size * config.grad_accum
+
+    class Snapshots(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            records = state.global_step * per_step * args.world_size
+            if records in config.snapshot_records and state.is_world_process_zero:
+                target = folder / f"n{records}"
+                model.save_pretrained(str(target))
+                replace(config, output=str(target), limit=records, snapshot_records=[]).save(
+                    target / "settings.json")
+
+    return Snapshots()
+
+
 def build_trainer(config: TrainConfig, split: DataSplit, callbacks: list[Any] | None = None) -> Any:
     """An SFTTrainer over the split's prompt-completion datasets."""
     from trl import SFTTrainer
@@ -135,7 +163,7 @@ def build_trainer(config: TrainConfig, split: DataSplit, callbacks: list[Any] | 
         eval_dataset=to_dataset(split.heldout) if split.heldout else None,
         processing_class=tokenizer,
         peft_config=None if config.full else lora_config(config),
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), snapshot_callback(config, Path(config.output) / "snapshots")],
     )
 
 
@@ -174,11 +202,11 @@ def save_model(trainer: Any, config: TrainConfig, output: Path) -> None:
     trainer.processing_class.save_pretrained(str(output))
 
 
-def train(config: TrainConfig, callbacks: list[Any] | None = None) -> TrainResult:
-    """Fine-tune a CnR model as configured and write the run folder (see README of the folder)."""
+def train(config: TrainConfig, callbacks: list[Any] | None = None, split: DataSplit | None = None) -> TrainResult:
+    """Fine-tune a CnR model as configured and write the run folder (`split`: already prepared)."""
     from refine.training.card import write_model_card
 
-    split = prepare_split(config)
+    split = split or prepare_split(config)
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     resume_from = last_checkpoint(output) if config.resume else None
@@ -206,8 +234,9 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> TrainResul
         "bf16": trainer.args.bf16,
         "resumed_from": resume_from,
     }
+    evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     if split.heldout:
-        metrics["eval_loss"] = round(trainer.evaluate()["eval_loss"], 4)
+        metrics["eval_loss"] = round(evals[-1] if evals else trainer.evaluate()["eval_loss"], 4)
     metrics["log_history"] = trainer.state.log_history
     save_model(trainer, config, output)
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
