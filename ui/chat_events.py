@@ -121,9 +121,10 @@ class ChatEvents:
             run = TurnRun(events, recorder)
             turns.begin(sid, run)
             empty = VoteState()
-            yield {**({} if keep_prompt else {ui.prompt: ""}), ui.status: "", ui.vote_state: empty,
+            yield {**self._buttons(busy=True), ui.status: "", ui.vote_state: empty,
+                   ui.prompt: gr.Textbox(interactive=False) if keep_prompt else gr.Textbox(value="", interactive=False),
                    ui.chatbot: chat_messages(session, prompt, run.view), ui.panel: panel_messages(run.view),
-                   **self._buttons(busy=True), **vote_area(ui, empty), **feedback_area(ui, empty)}
+                   **vote_area(ui, empty), **feedback_area(ui, empty)}
             async for view in run.snapshots():
                 if view.finished:
                     break

@@ -79,7 +79,8 @@ class Layout:
 def _chat_column(ctx: AppContext) -> dict:
     chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chat", buttons=["copy"], allow_tags=False,
                          placeholder="Ask anything to start.")
-    prompt = gr.Textbox(show_label=False, placeholder="Type a message and press Enter", lines=2, max_lines=10,
+    prompt = gr.Textbox(show_label=False, placeholder="Type a message and press Enter (Shift+Enter for a new line)", lines=1,
+                        max_lines=10,
                         elem_id="prompt")
     with gr.Row():
         send = gr.Button("Send", variant="primary", elem_id="send")

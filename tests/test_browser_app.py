@@ -1,0 +1,128 @@
+"""The app in a real browser (Debian's chromium, driven by Playwright, headless): a user types a
+prompt, watches round 1's critique appear before its revision, votes, and sees the vote counted
+in the Statistics tab; model output and user text carrying HTML/script stay inert."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_app_harness import RunningApp, Script, ScriptedServer, running_app, standin_settings
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+# Records when each text first shows up in the panel (a MutationObserver sees every change).
+WATCH_PANEL = """(keys) => {
+  window.__seen = {};
+  new MutationObserver(() => {
+    const panel = document.querySelector('#panel');
+    if (!panel) return;
+    const text = panel.textContent;
+    for (const key of keys) if (text.includes(key) && !(key in window.__seen)) window.__seen[key] = performance.now();
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+PAYLOAD = ('<img src=x onerror="window.__pwned=1"> <script>window.__pwned=2</script> '
+           '<a id="js-link" href="javascript:window.__pwned=3">click</a> [md link](javascript:window.__pwned=4) '
+           '<svg onload="window.__pwned=5"></svg> <iframe srcdoc="<script>parent.__pwned=6</script>"></iframe>')
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with ScriptedServer(Script(delay=0.03)) as server:
+        db_file = tmp_path_factory.mktemp("browser-app") / "refine.db"
+        with running_app(standin_settings(server.url, db_file)) as running:
+            yield running
+
+
+@pytest.fixture(scope="module")
+def browser(app: RunningApp) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, app: RunningApp) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    page = context.new_page()
+    page.goto(app.url)
+    page.wait_for_selector("#prompt textarea")
+    yield page
+    context.close()
+
+
+def send(page: Any, prompt: str) -> None:
+    page.fill("#prompt textarea", prompt)
+    page.press("#prompt textarea", "Enter")
+
+
+def wait_turn_end(page: Any, timeout: float = 60_000) -> None:
+    page.wait_for_selector("#send", state="visible", timeout=timeout)
+    page.wait_for_function("() => document.querySelector('#panel').textContent.includes('Done:') || "
+                           "document.querySelector('#panel').textContent.includes('⚠')", timeout=timeout)
+
+
+def stats_summary(page: Any, expect: str) -> str:
+    """Open the Statistics tab (which refreshes it) and wait for the summary to say `expect`."""
+    page.get_by_role("tab", name="Statistics").click()
+    page.wait_for_function("(expect) => document.querySelector('#stats-summary').textContent.includes(expect)",
+                           arg=expect)
+    return page.inner_text("#stats-summary")
+
+
+def test_prompt_critique_before_revision_vote_and_statistics(page: Any, app: RunningApp, tmp_path: Path) -> None:
+    stats_summary(page, "No votes yet")
+    page.get_by_role("tab", name="Chat").click()
+    page.evaluate(WATCH_PANEL, ["Round 1 critique", "Revision 1", "Round 2 critique", "Revision 2"])
+    send(page, "What is the capital of France?")
+    page.wait_for_selector("#stop", state="visible")
+    wait_turn_end(page)
+    seen = page.evaluate("window.__seen")
+    assert seen["Round 1 critique"] < seen["Revision 1"] < seen["Round 2 critique"] < seen["Revision 2"]
+    assert "(revised) (revised)" in page.inner_text("#chat")
+
+    page.wait_for_selector("#vote-box", state="visible")
+    page.click("#vote-left-btn")
+    page.wait_for_function("() => document.querySelector('#vote-reveal').textContent.includes('Left was')")
+    assert page.is_disabled("#vote-left-btn")
+    page.screenshot(path=str(tmp_path / "finished.png"), full_page=True)
+
+    assert app.rows("SELECT COUNT(*) FROM votes WHERE 0 IN (left_round, right_round)")[0][0] == 1
+    stats_summary(page, "1 vote(s)")
+    page.wait_for_selector("#stats-plot img")
+    page.screenshot(path=str(tmp_path / "statistics.png"), full_page=True)
+    assert (tmp_path / "finished.png").stat().st_size > 10_000
+
+
+def test_html_and_script_in_prompts_and_model_output_stay_inert(page: Any, app: RunningApp) -> None:
+    send(page, PAYLOAD)
+    wait_turn_end(page)
+    page.wait_for_selector("#vote-box", state="visible")  # the payload is on the vote sides too
+    for link in page.query_selector_all("#chat a, #panel a, #vote-left a, #vote-right a"):
+        link.click(no_wait_after=True, force=True)
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__pwned") is None
+    dangerous = page.evaluate("""() => {
+      const roots = ['#chat', '#panel', '#vote-left', '#vote-right'].map(s => document.querySelector(s));
+      let found = [];
+      for (const root of roots) for (const el of root.querySelectorAll('*')) {
+        if (['SCRIPT', 'IFRAME'].includes(el.tagName)) found.push(el.tagName);
+        for (const attr of el.attributes) {
+          if (attr.name.startsWith('on') || attr.value.trim().toLowerCase().startsWith('javascript:')) found.push(attr.name);
+        }
+      }
+      return found;
+    }""")
+    assert dangerous == []
+    assert "You said:" in page.inner_text("#chat")  # the text itself is shown
