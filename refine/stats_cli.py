@@ -61,7 +61,7 @@ def _foreign(path: Path, fmt: str, columns: str | None, values: str | None, json
 @DB_OPTION
 @click.option("--format", "fmt", type=click.Choice(["verdicts", "alpaca_eval", "table"]), default="verdicts",
               show_default=True, help="What FILE is: our verdicts, AlpacaEval's annotations.json, or a CSV/JSONL table.")
-@click.option("--columns", help="For --format table: preference=COLUMN[,group=COLUMN].")
+@click.option("--columns", help="For --format table: preference=COLUMN[,group=COLUMN[+COLUMN…]].")
 @click.option("--values", help="For --format table with labels instead of AlpacaEval numbers: "
               "win=LABEL[|LABEL…],loss=…,tie=… (win = the second output, the model evaluated, wins).")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),

@@ -127,8 +127,8 @@ def label_preferences(values: Mapping[str, str]) -> dict[str, float]:
 def read_table(path: Path, columns: Mapping[str, str], labels: Mapping[str, float] | None = None
                ) -> dict[str, list[float | None]]:
     """Preferences of a CSV/JSONL/JSON table: `columns["preference"]` names the verdict column
-    (AlpacaEval-encoded numbers, or labels mapped by `labels`), `columns["group"]` optionally one
-    to group by. Rows whose verdict maps to nothing count as dropped."""
+    (AlpacaEval-encoded numbers, or labels mapped by `labels`), `columns["group"]` optionally the
+    column(s) to group by (`a+b` for several). Rows whose verdict maps to nothing count as dropped."""
     if "preference" not in columns:
         raise ValueError("the column mapping needs preference=<column>")
     unknown = set(columns) - {"preference", "group"}
@@ -140,6 +140,6 @@ def read_table(path: Path, columns: Mapping[str, str], labels: Mapping[str, floa
             raise ValueError(f"{path}: row {number} has no column {columns['preference']!r}")
         cell = record[columns["preference"]]
         value = labels.get(str(cell)) if labels is not None else _number(cell)
-        group = str(record.get(columns["group"], "")) if "group" in columns else "all"
+        group = " ".join(str(record.get(c, "")) for c in columns["group"].split("+")) if "group" in columns else "all"
         groups.setdefault(group, []).append(value)
     return groups

@@ -175,3 +175,14 @@ def test_bad_column_mappings_are_reported(tmp_path: Path, args: list[str], messa
     path.write_text(json.dumps({"pref": 2}) + "\n")
     result = CliRunner().invoke(main, ["stats", str(path), *args])
     assert result.exit_code == 1 and message in result.output
+
+
+def test_our_verdicts_read_as_a_table_grouped_by_two_columns(tmp_path: Path) -> None:
+    path = tmp_path / "verdicts.jsonl"
+    outcomes = [("original", 1, "win"), ("original", 1, "inconsistent"), ("original", 1, "skipped"),
+                ("previous", 2, "loss"), ("original", 2, "win")]
+    path.write_text("".join(json.dumps({"versus": v, "round": k, "outcome": o}) + "\n" for v, k, o in outcomes))
+    labels = label_preferences(parse_mapping("win=win,loss=loss,tie=tie|inconsistent"))
+    groups = read_table(path, parse_mapping("preference=outcome,group=versus+round"), labels)
+    assert groups == {"original 1": [2.0, 1.5, None], "previous 2": [1.0], "original 2": [2.0]}
+    assert head_to_head(groups["original 1"]).win_rate == pytest.approx(75.0)
