@@ -27,7 +27,12 @@ def command() -> None:
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @DB_OPTION
 def preferences(out: Path, db_url: str | None) -> None:
-    """Votes with a winner as DPO preference pairs (JSONL: prompt, chosen, rejected)."""
+    """Votes with a winner as DPO preference pairs (JSONL).
+
+    One line per vote that chose a side, in TRL's conversational preference format: prompt
+    (the chat up to the user's turn), chosen and rejected (one assistant message each).
+    Ties and both-bad votes have no winner and are left out.
+    """
     from db.export import preference_rows
     from refine.records import write_jsonl
 
@@ -39,7 +44,12 @@ def preferences(out: Path, db_url: str | None) -> None:
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @DB_OPTION
 def feedback(out: Path, db_url: str | None) -> None:
-    """Feedback with both a critique and an edited answer as feedback records (JSONL)."""
+    """Feedback as training records (JSONL).
+
+    One feedback record (what `refine train` reads) per feedback that has both a written
+    critique and an edited answer: response = the version judged, critique = the user's,
+    revision = the edited answer. Feedback with only one of them is skipped and counted.
+    """
     from db.export import feedback_rows
     from refine.records import write_jsonl
 
@@ -57,7 +67,10 @@ def feedback(out: Path, db_url: str | None) -> None:
               help="Default: from OUT's suffix (.csv → csv, else jsonl).")
 @DB_OPTION
 def table(name: str, out: Path, fmt: str | None, db_url: str | None) -> None:
-    """One table's raw rows (conversations, turns, rounds, votes, feedback) as JSONL or CSV."""
+    """One table's raw rows as JSONL or CSV.
+
+    NAME is one of conversations, turns, rounds, votes, feedback.
+    """
     from db.errors import InvalidInput
     from db.export import table_columns, table_rows, write_csv
     from refine.records import write_jsonl
