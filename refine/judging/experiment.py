@@ -190,7 +190,7 @@ def command(ctx: click.Context, prompts: Path, out: Path, limit: int | None, jud
         failed = failed or bool(run.failed)
 
     summaries = verdict_summaries(read_verdicts(verdicts))
-    title = (f"{prompts.name}: {len(rows)} prompts, {options['rounds']} rounds, "
+    title = (f"{prompts.name}: {len(rows)} prompts, {options['rounds']} rounds\n"
              f"judge {spec.label} ({spec.prompt_version})")
     write_report(summaries, out_dir=out, title=title, meta={"run_folder": str(out)})
     click.echo(f"{title}\n{summary_table(summaries)}")
