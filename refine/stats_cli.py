@@ -5,8 +5,6 @@ files made by other tools."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import click
 
 from db.export_cli import DB_OPTION
@@ -105,12 +103,9 @@ def command(file: Path | None, verdicts: Path | None, db_url: str | None, fmt: s
             summaries, unit, source = vote_summaries(db_url, n_boot=n_boot, seed=seed), "turns", "votes"
     except (ValueError, KeyError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    _show(summaries, unit=unit, source=source, out_dir=out_dir, plot=plot, json_path=json_path, title=title)
-
-
-def _show(summaries: list[RoundSummary], *, unit: str, source: str, **where: Any) -> None:
     click.echo(summary_table(summaries, unit=unit))
-    written = write_report(summaries, unit=unit, meta={"source": source}, **where)
+    written = write_report(summaries, out_dir=out_dir, plot=plot, json_path=json_path, title=title, unit=unit,
+                           meta={"source": source})
     if written:
         click.echo("wrote " + ", ".join(map(str, written)), err=True)
     else:

@@ -109,15 +109,15 @@ def plan(rows: Iterable[PromptRow], *, vs_previous: bool = False) -> tuple[list[
         answers = {0: row.response}
         for r in extra["rounds"]:
             k = int(r["round"])
-            versus: list[Versus] = ["original"] + (["previous"] if vs_previous and k > 1 else [])
-            for v in versus:
-                baseline = answers[0] if v == "original" else answers[k - 1]
-                if r["status"] != "complete":
-                    reason = f"round {r['status']}" + (f": {r['error']}" if r.get("error") else "")
-                    skipped.append({"id": row.id, "round": k, "versus": v, "baseline_round": 0 if v == "original" else k - 1,
-                                    "outcome": "skipped", "reason": reason})
+            for versus in ("original", "previous") if vs_previous and k > 1 else ("original",):
+                baseline = answers[0 if versus == "original" else k - 1]
+                pair = Pair(row.id, k, versus, row.chat(), baseline, r["revision"], extra.get("cnr_model"))
+                if r["status"] == "complete":
+                    pairs.append(pair)
                 else:
-                    pairs.append(Pair(row.id, k, v, row.chat(), baseline, r["revision"], extra.get("cnr_model")))
+                    reason = f"round {r['status']}" + (f": {r['error']}" if r.get("error") else "")
+                    skipped.append({"id": pair.id, "round": k, "versus": versus, "baseline_round": pair.baseline_round,
+                                    "outcome": "skipped", "reason": reason})
             if r["status"] != "complete":
                 break  # the loop stops at a failed round; nothing after it is a revision
             answers[k] = r["revision"]
