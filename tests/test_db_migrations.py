@@ -121,3 +121,22 @@ def test_db_commands_upgrade_and_report_from_any_folder(tmp_path: Path, monkeypa
     assert result.exit_code == 0 and "0002 -> 0004" in result.output, result.output
     result = runner.invoke(cli, ["db", "current"])
     assert "0004 (head: 0004, up to date)" in result.output
+
+
+def test_processes_starting_together_upgrade_one_after_another(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    code = ("import sys, time; from db import open_database; time.sleep(max(0, float(sys.argv[2]) - time.time()));"
+            " open_database(sys.argv[1]).dispose(); print('ok')")
+    start = str(time.time() + 3)
+    procs = [subprocess.Popen([sys.executable, "-c", code, url, start], cwd=root, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outputs]
+    assert current(url) == head()
