@@ -173,3 +173,13 @@ def write_jsonl(path: str | Path, rows: Iterable[BaseModel | dict]) -> int:
             fh.write(json.dumps(data, ensure_ascii=False) + "\n")
             count += 1
     return count
+
+
+def end_cut_line(path: str | Path) -> None:
+    """Terminate a last line cut by an interruption, so rows appended next start on their own line."""
+    path = Path(path)
+    if path.exists() and path.stat().st_size:
+        with path.open("rb+") as fh:
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")

@@ -23,7 +23,7 @@ from refine.cli_options import model_options, settings_from
 from refine.cnr_format import FORMAT_VERSION
 from refine.events import BaseDone, ErrorEvent, Event, RoundDone, TurnDone
 from refine.loop import LoopConfig, refine_turn
-from refine.records import InvalidRecordsError, PromptRow, read_rows
+from refine.records import InvalidRecordsError, PromptRow, end_cut_line, read_rows
 from refine.settings import Settings
 
 RowRecorder = Callable[[PromptRow], Callable[[Event], None]]  # row -> event sink (e.g. the database)
@@ -123,6 +123,7 @@ async def _run(rows: list[tuple[str, PromptRow]], settings: Settings, output: Pa
     remote = settings.base_backend != "local" or settings.cnr_backend != "local"
     recorder, engine = _database_recorder(db_url, settings) if db_url else (None, None)
     failures = 0
+    end_cut_line(output)
     try:
         with output.open("a", encoding="utf-8") as out, tqdm(total=len(rows), unit="prompt", desc="revise") as bar:
             async for rid, data, error in revise_rows(

@@ -30,7 +30,7 @@ def cnr_adapter(settings: Settings) -> str | None:
     shipped adapter when the CnR model is the embedded default."""
     if settings.cnr_adapter:
         return None if settings.cnr_adapter.lower() == "none" else settings.cnr_adapter
-    if settings.cnr_backend == "local" and not cnr_model(settings) and SHIPPED_ADAPTER.exists():
+    if settings.cnr_backend == "local" and not cnr_model(settings) and (SHIPPED_ADAPTER / "adapter_config.json").exists():
         return str(SHIPPED_ADAPTER)
     return None
 

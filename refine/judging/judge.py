@@ -32,7 +32,7 @@ from refine.backends import BackendPool
 from refine.backends.base import Backend, BackendError, GenerationParams, Message
 from refine.judging.prompt import judge_messages, prompt_version
 from refine.judging.verdicts import Outcome, Side, combine, order_outcome, parse_verdict
-from refine.records import PromptRow, read_rows
+from refine.records import PromptRow, end_cut_line, read_rows
 from refine.settings import Settings
 
 Versus = Literal["original", "previous"]
@@ -206,16 +206,6 @@ def _check_same_judge(rows: list[dict[str, Any]], spec: JudgeSpec, path: Path) -
                 f"not {spec.label!r} with {spec.prompt_version!r}; write to another file")
 
 
-def _end_cut_line(path: Path) -> None:
-    """End a last line cut by an interruption, so that the next row starts on a line of its own."""
-    if not path.exists() or not path.stat().st_size:
-        return
-    with path.open("rb+") as fh:
-        fh.seek(-1, 2)
-        if fh.read(1) != b"\n":
-            fh.write(b"\n")
-
-
 def _append(out: Any, row: dict[str, Any]) -> None:
     out.write(json.dumps(row, ensure_ascii=False) + "\n")
     out.flush()
@@ -233,7 +223,7 @@ def run_judge(input_path: Path, output: Path, spec: JudgeSpec, settings: Setting
     already = len(pairs) + len(skipped) - len(todo) - len(new_skipped)
     if not todo and not new_skipped:
         return JudgeRun(already=already)
-    _end_cut_line(output)
+    end_cut_line(output)
     return asyncio.run(_judge(todo, new_skipped, output, spec, settings, already=already, progress=progress))
 
 
