@@ -55,11 +55,12 @@ def prompt_of(body: dict[str, Any]) -> str:
 @dataclass
 class Script:
     """The stand-in's behaviour: `delay` seconds between tokens; `emitted` records, per request,
-    (first token sent, last token sent, tokens) for the benchmark."""
+    {role, prompt, first, last, tokens} (perf_counter times the first and last token were
+    sent) for the benchmark."""
 
     delay: float = 0.01
     pad_words: int = 0  # extra words appended to every base answer (longer streams)
-    emitted: list[tuple[str, float, float, int]] = field(default_factory=list)
+    emitted: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def pieces(self, body: dict[str, Any]) -> tuple[str, list[str]]:
@@ -81,9 +82,10 @@ class Script:
         cut = ("[cut]" in text and role == "base") or ("[cut-round]" in text and role == "cnr")
         # Reply's steps are iterated as they are sent: a generator records true send times.
         headers = sse_reply([]).headers
-        return Reply(200, headers, steps=self._steps(role, pieces, delay, cut))  # type: ignore[arg-type]
+        steps = self._steps(role, text, pieces, delay, cut)
+        return Reply(200, headers, steps=steps)  # type: ignore[arg-type]
 
-    def _steps(self, role: str, pieces: list[str], delay: float, cut: bool) -> Iterator[Any]:
+    def _steps(self, role: str, prompt: str, pieces: list[str], delay: float, cut: bool) -> Iterator[Any]:
         """The SSE steps, generated as they are sent (so their send times can be recorded)."""
         chunks = openai_chunks(pieces, model="standin")
         first = last = 0.0
@@ -96,9 +98,10 @@ class Script:
             yield sse_event(chunk) if isinstance(chunk, dict) else chunk
             last = time.perf_counter()
             first = first or last
+        with self.lock:  # before the stream ends, so a client that saw the end finds the record
+            self.emitted.append({"role": role, "prompt": prompt, "first": first, "last": last,
+                                 "tokens": len(pieces)})
         yield from (sse_event(c) if isinstance(c, dict) else c for c in chunks[len(pieces):])
-        with self.lock:
-            self.emitted.append((role, first, last, len(pieces)))
 
 
 class ScriptedServer(StandinServer):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
-from tests.test_app_harness import OUT_CHAT, OUT_PAIR, OUT_PANEL, RunningApp, panel_text, running_app
+from tests.test_app_harness import OUT_CHAT, OUT_PANEL, RunningApp, panel_text, running_app
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_a_turn_on_a_local_model_streams_and_a_failed_round_says_why(app: Runnin
     assert final[OUT_CHAT][0]["content"][0]["text"] == "Hello there"
     panel = panel_text(final[OUT_PANEL])
     assert "Critique · round 1 · failed" in panel and "Round 1 failed:** unparseable output" in panel
-    assert final[OUT_PAIR]["choices"] == []  # nothing to compare: no vote offered
+    assert "nothing to vote on" in c.predict(api_name="/vote_left")[-1]  # no complete revision to compare
     turn = app.rows("SELECT id, model, error FROM turns WHERE prompt = 'Hello there'")
     assert len(turn) == 1 and turn[0][1] == "tiny-model0" and turn[0][2] is None
     assert app.rows("SELECT round_index, status, stop_reason FROM rounds WHERE turn_id = ?", turn[0][0]) == [

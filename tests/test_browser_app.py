@@ -95,7 +95,7 @@ def test_prompt_critique_before_revision_vote_and_statistics(page: Any, app: Run
     page.wait_for_selector("#vote-box", state="visible")
     page.click("#vote-left-btn")
     page.wait_for_function("() => document.querySelector('#vote-reveal').textContent.includes('Left was')")
-    assert page.is_disabled("#vote-left-btn")
+    page.wait_for_selector("#vote-left-btn", state="hidden")  # one vote per comparison
     page.screenshot(path=str(tmp_path / "finished.png"), full_page=True)
 
     assert app.rows("SELECT COUNT(*) FROM votes WHERE 0 IN (left_round, right_round)")[0][0] == 1

@@ -27,6 +27,7 @@ from ui.voting import start, vote_area
 
 log = logging.getLogger(__name__)
 Update = dict[Any, Any]
+STREAM_INTERVAL_S = 0.04  # at most ~25 updates a second per turn while tokens stream
 
 
 def prompt_problem(prompt: str | None) -> str | None:
@@ -45,10 +46,10 @@ class ChatEvents:
         self.ctx, self.ui = ctx, ui
 
     def _buttons(self, busy: bool) -> Update:
+        """Send or Stop; New chat and typing only between turns (Regenerate refuses during one)."""
         ui = self.ui
         return {ui.send: gr.Button(visible=not busy), ui.stop: gr.Button(visible=busy),
-                ui.regenerate: gr.Button(interactive=not busy), ui.new_chat: gr.Button(interactive=not busy),
-                ui.prompt: gr.Textbox(interactive=not busy)}
+                ui.new_chat: gr.Button(interactive=not busy), ui.prompt: gr.Textbox(interactive=not busy)}
 
     def busy(self) -> Update:
         """Show Stop at once, before the turn leaves the queue."""
@@ -121,11 +122,11 @@ class ChatEvents:
             run = TurnRun(events, recorder)
             turns.begin(sid, run)
             empty = VoteState()
-            yield {**self._buttons(busy=True), ui.status: "", ui.vote_state: empty,
-                   ui.prompt: gr.Textbox(interactive=False) if keep_prompt else gr.Textbox(value="", interactive=False),
+            # Buttons were switched by `busy` (API callers have none); few updates: each costs.
+            yield {**({} if keep_prompt else {ui.prompt: ""}), ui.status: "", ui.vote_state: empty,
                    ui.chatbot: chat_messages(session, prompt, run.view), ui.panel: panel_messages(run.view),
                    **vote_area(ui, empty), **feedback_area(ui, empty)}
-            async for view in run.snapshots():
+            async for view in run.snapshots(STREAM_INTERVAL_S):
                 if view.finished:
                     break
                 yield {ui.chatbot: chat_messages(session, prompt, view), ui.panel: panel_messages(view)}
@@ -146,8 +147,8 @@ class ChatEvents:
     def wire(self) -> None:
         ui = self.ui
         limit = self.ctx.generation_limit
-        busy_outputs = [ui.send, ui.stop, ui.regenerate, ui.new_chat, ui.prompt]
-        outputs = [ui.prompt, ui.chatbot, ui.panel, ui.status, ui.send, ui.stop, ui.regenerate, ui.new_chat,
+        busy_outputs = [ui.send, ui.stop, ui.new_chat, ui.prompt]
+        outputs = [ui.prompt, ui.chatbot, ui.panel, ui.status, ui.send, ui.stop, ui.new_chat,
                    *ui.vote_area, *ui.feedback_area, ui.chat_state, ui.vote_state]
         generate = dict(concurrency_id="generate", concurrency_limit=limit, show_progress="minimal")
         gr.on([ui.send.click, ui.prompt.submit], self.busy, None, busy_outputs, queue=False,

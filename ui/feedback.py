@@ -23,8 +23,7 @@ log = logging.getLogger(__name__)
 def feedback_area(ui: Layout, state: VoteState) -> dict[Any, Any]:
     """Updates of the feedback components for the last turn (hidden without a stored turn)."""
     if state.turn_id is None or not state.versions:
-        return {ui.feedback_box: gr.Accordion(visible=False), ui.fb_version: gr.Dropdown(choices=[], value=None),
-                ui.fb_critique: "", ui.fb_edit: "", ui.fb_status: ""}
+        return {ui.feedback_box: gr.Accordion(visible=False)}
     latest = max(state.versions)
     choices = [(version_name(k, state.versions).capitalize(), str(k)) for k in sorted(state.versions)]
     return {ui.feedback_box: gr.Accordion(visible=True), ui.fb_version: gr.Dropdown(choices=choices, value=str(latest)),

@@ -43,6 +43,7 @@ class Layout:
     pair: gr.Dropdown
     left: gr.Markdown
     right: gr.Markdown
+    vote_row: gr.Row  # the vote buttons, hidden once this comparison got its vote
     vote_buttons: dict[str, gr.Button]  # choice -> button
     reveal: gr.Markdown
     feedback_box: gr.Accordion
@@ -69,7 +70,7 @@ class Layout:
 
     @property
     def vote_area(self) -> list[gr.components.Component]:
-        return [self.vote_box, self.pair, self.left, self.right, *self.vote_buttons.values(), self.reveal]
+        return [self.vote_box, self.pair, self.left, self.right, self.vote_row, self.reveal]
 
     @property
     def feedback_area(self) -> list[gr.components.Component]:
@@ -121,7 +122,7 @@ def _voting() -> dict:
             with gr.Column():
                 gr.Markdown("**Right**")
                 right = gr.Markdown(elem_id="vote-right", container=True)
-        with gr.Row():
+        with gr.Row() as vote_row:
             buttons = {
                 "left": gr.Button("⬅ Left is better", elem_id="vote-left-btn"),
                 "right": gr.Button("Right is better ➡", elem_id="vote-right-btn"),
@@ -129,7 +130,8 @@ def _voting() -> dict:
                 "both_bad": gr.Button("Both bad", elem_id="vote-both-bad-btn"),
             }
         reveal = gr.Markdown(elem_id="vote-reveal")
-    return dict(vote_box=vote_box, pair=pair, left=left, right=right, vote_buttons=buttons, reveal=reveal)
+    return dict(vote_box=vote_box, pair=pair, left=left, right=right, vote_row=vote_row, vote_buttons=buttons,
+                reveal=reveal)
 
 
 def _feedback() -> dict:

@@ -9,12 +9,15 @@ progress is then recorded as cancelled with its partial text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import time
 from collections.abc import AsyncIterator
 from typing import Literal
 
 from db.recorder import EventRecorder
-from refine.events import BaseDone, ErrorEvent, Event, RoundDone
+from refine.events import BaseDelta, BaseDone, CritiqueDelta, ErrorEvent, Event, RevisionDelta, RoundDone
 from ui.view import TurnView
 
 log = logging.getLogger(__name__)
@@ -32,16 +35,31 @@ class TurnRun:
         self.view = TurnView()
         self._recorder = recorder
         self._changed = asyncio.Event()
+        self._urgent = asyncio.Event()  # a change worth showing at once (see _is_urgent)
         self._writes: asyncio.Queue[Event | None] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_all())
         self._task = asyncio.create_task(self._run(events))
         self._task.add_done_callback(self._ended)
 
     def _apply(self, event: Event) -> None:
+        if self._is_urgent(event):
+            self._urgent.set()
         self.view.apply(event)
         if _stored(event):
             self._writes.put_nowait(event)
         self._changed.set()
+
+    def _is_urgent(self, event: Event) -> bool:
+        """Everything but more text for a part already showing text: a new part (answer,
+        critique, revision) appears at once, its following tokens may be batched."""
+        view = self.view
+        if isinstance(event, BaseDelta):
+            return not view.base_text
+        if isinstance(event, CritiqueDelta):
+            return not (view.rounds and view.rounds[-1].critique)
+        if isinstance(event, RevisionDelta):
+            return not (view.rounds and view.rounds[-1].revision)
+        return True
 
     async def _run(self, events: AsyncIterator[Event]) -> None:
         try:
@@ -79,12 +97,22 @@ class TurnRun:
         self.view.finished = True
         self._changed.set()
 
-    async def snapshots(self) -> AsyncIterator[TurnView]:
-        """The view after each batch of changes, until the turn is finished and written. A slow
-        reader gets fewer, bigger steps (nothing queues up behind it)."""
+    async def snapshots(self, min_interval: float = 0.0) -> AsyncIterator[TurnView]:
+        """The view after each batch of changes, until the turn is finished and written. A
+        slow reader gets fewer, bigger steps (nothing queues up behind it); more tokens for a
+        part already on screen wait up to `min_interval` seconds after the previous step, so
+        a fast stream costs the UI a bounded number of updates per second."""
+        last = -math.inf
         while True:
             await self._changed.wait()
+            pause = last + min_interval - time.monotonic()
+            if pause > 0 and not self._urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        await self._urgent.wait()
             self._changed.clear()
+            self._urgent.clear()
+            last = time.monotonic()
             yield self.view
             if self.view.finished:
                 return

@@ -28,11 +28,11 @@ def start(state: VoteState) -> VoteState:
 
 
 def vote_area(ui: Layout, state: VoteState) -> dict[Any, Any]:
-    """Updates of the voting components for `state` (hidden when there is nothing to compare)."""
+    """Updates of the voting components for `state` (hidden when there is nothing to compare).
+    Few component updates on purpose: each costs Gradio a component rebuild per session."""
     pairs = comparable_pairs(state.versions)
     if state.turn_id is None or state.pair is None or not pairs:
-        return {ui.vote_box: gr.Column(visible=False), ui.pair: gr.Dropdown(choices=[], value=None), ui.left: "",
-                ui.right: "", ui.reveal: "", **{b: gr.Button(interactive=True) for b in ui.vote_buttons.values()}}
+        return {ui.vote_box: gr.Column(visible=False)}
     assert state.left is not None and state.right is not None
     open_ = state.voted is None
     return {
@@ -41,8 +41,8 @@ def vote_area(ui: Layout, state: VoteState) -> dict[Any, Any]:
                              value=pair_value(state.pair)),
         ui.left: state.versions[state.left],
         ui.right: state.versions[state.right],
+        ui.vote_row: gr.Row(visible=open_),
         ui.reveal: "" if open_ else reveal(state),
-        **{b: gr.Button(interactive=open_) for b in ui.vote_buttons.values()},
     }
 
 

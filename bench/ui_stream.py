@@ -1,0 +1,187 @@
+"""How much the app slows a stream down: tokens/s that gradio_client receives ÷ tokens/s the
+backend emits, for 1 and 32 concurrent sessions, and the time the app adds between the end of
+the base answer and the first critique token. Targets: ratio ≥ 0.98, added latency ≤ 50 ms.
+
+Three processes, so that none measures itself: the scripted OpenAI-compatible stand-in (a real
+server; it records when it sent each stream's first and last token), `python app.py` against
+it, and this process with one gradio_client per session. Times are CLOCK_MONOTONIC, shared by
+the processes.
+
+    python bench/ui_stream.py                      # 1 and 32 sessions, 400 tokens at 200 tok/s each
+    python bench/ui_stream.py --sessions 1,8,32 --tokens 800 --delay 0.002
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.standin_servers import Recorded, Reply, json_reply  # noqa: E402
+from tests.test_app_harness import (  # noqa: E402
+    OUT_CHAT, OUT_PANEL, Script, ScriptedServer, free_port, message_text,
+)
+
+
+class BenchServer(ScriptedServer):
+    """The scripted stand-in, plus GET /emitted: what it sent, and when."""
+
+    def _next_reply(self, request: Recorded) -> Reply:
+        if request.method == "GET" and request.path == "/emitted":
+            with self.script.lock:
+                return json_reply(list(self.script.emitted))
+        return super()._next_reply(request)
+
+
+def serve_standin(delay: float, pad: int) -> None:
+    """Run the stand-in until killed (the child process)."""
+    with BenchServer(Script(delay=delay, pad_words=pad)) as server:
+        print(server.url, flush=True)
+        threading.Event().wait()
+
+
+@dataclass
+class Session:
+    """What one client saw: (time, base-answer words, critique seen) per update."""
+
+    prompt: str
+    updates: list[tuple[float, int, bool]]
+
+
+def _words_in_chat(chat: Any) -> int:
+    if not isinstance(chat, list) or len(chat) < 2:
+        return 0
+    text = message_text(chat[-1])
+    return 0 if text == "…" else len(text.split(" "))
+
+
+def _critique_started(panel: Any) -> bool:
+    """Whether the first critique token is on screen."""
+    return isinstance(panel, list) and any(
+        (m.get("metadata") or {}).get("title", "").startswith("Critique") and message_text(m) not in ("", "…")
+        for m in panel)
+
+
+def run_session(url: str, prompt: str, start: threading.Barrier) -> Session:
+    from gradio_client import Client
+
+    client = Client(url, verbose=False, download_files=False)
+    start.wait()
+    job = client.submit(prompt, api_name="/respond")
+    updates = []
+    for out in job:
+        updates.append((time.monotonic(), _words_in_chat(out[OUT_CHAT]), _critique_started(out[OUT_PANEL])))
+    return Session(prompt, updates)
+
+
+def analyse(session: Session, emitted: dict[tuple[str, str], dict], tokens: int) -> dict[str, float]:
+    """The receive/emit rate ratio of the base answer and the gaps around its end."""
+    base = emitted[("base", session.prompt)]
+    cnr = next(e for (role, p), e in emitted.items() if role == "cnr" and f"Prompt:\n{session.prompt}\n" in p)
+    streaming = [(t, n) for t, n, critique in session.updates if n and not critique]
+    (t0, n0), full = streaming[0], next(t for t, n, _ in session.updates if n >= tokens)
+    received = (tokens - n0) / (full - t0)  # tokens after the first update / the time they took
+    emit_rate = (base["tokens"] - 1) / (base["last"] - base["first"])
+    first_critique = next(t for t, _, critique in session.updates if critique)
+    return {"ratio": received / emit_rate, "received": received, "emitted": emit_rate,
+            "client_gap_ms": 1000 * (first_critique - full), "server_gap_ms": 1000 * (cnr["first"] - base["last"])}
+
+
+def start_app(standin: str, db: Path, concurrency: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "REFINE_RETRIES": "0"}
+    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--base-backend", "openai", "--base-url",
+           standin, "--cnr-backend", "openai", "--base-model", "standin", "--rounds", "1", "--no-stop-early",
+           "--concurrency", str(concurrency), "--max-new-tokens", "4096", "--database-url", f"sqlite:///{db}"]
+    app = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "config", timeout=1).status_code == 200:
+                return app, url
+        except httpx.HTTPError:
+            pass
+        if app.poll() is not None:
+            raise SystemExit(f"the app did not start:\n{app.stderr.read() if app.stderr else ''}")
+        time.sleep(0.2)
+    raise SystemExit("the app did not start in 120 s")
+
+
+def bench(url: str, standin: str, sessions: int, tokens: int, tag: str) -> list[dict[str, float]]:
+    prompts = [f"{tag} session {i}" for i in range(sessions)]
+    barrier = threading.Barrier(sessions)
+    results: list[Session] = [None] * sessions  # type: ignore[list-item]
+
+    def one(i: int) -> None:
+        results[i] = run_session(url, prompts[i], barrier)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    emitted = {(e["role"], e["prompt"]): e for e in httpx.get(standin + "/emitted").json()}
+    return [analyse(s, emitted, tokens) for s in results]
+
+
+@click.command()
+@click.option("--sessions", default="1,32", help="Comma-separated numbers of concurrent sessions.")
+@click.option("--tokens", default=400, help="Tokens of each base answer.")
+@click.option("--delay", default=0.005, help="Seconds between tokens the stand-in sends (0.005 = 200 tok/s).")
+@click.option("--repeat", default=2, help="Runs per session count (the best one is reported too).")
+@click.option("--standin", "standin_mode", is_flag=True, hidden=True)
+def main(sessions: str, tokens: int, delay: float, repeat: int, standin_mode: bool) -> None:
+    """Measure the app's streaming overhead against a fast stand-in backend."""
+    pad = tokens - 5  # "You said: <tag> session <i>" is 5 words
+    if standin_mode:
+        serve_standin(delay, pad)
+        return
+    counts = [int(n) for n in sessions.split(",")]
+    server = subprocess.Popen([sys.executable, __file__, "--standin", "--delay", str(delay), "--tokens", str(tokens)],
+                              stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    standin = server.stdout.readline().strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        app, url = start_app(standin, Path(tmp) / "bench.db", max(counts))
+        try:
+            bench(url, standin, 1, tokens, "warmup")
+            print(f"stand-in: {tokens} tokens per answer, {1 / delay:.0f} tok/s per stream; {os.cpu_count()} CPUs")
+            print(f"{'sessions':>8} {'run':>3} {'ratio mean':>10} {'ratio min':>9} {'recv tok/s':>10} "
+                  f"{'emit tok/s':>10} {'gap ms (client) median/max':>27} {'gap ms (server) median/max':>27}")
+            summary = {}
+            for n in counts:
+                for run in range(repeat):
+                    rows = bench(url, standin, n, tokens, f"n{n}r{run}")
+                    ratios = [r["ratio"] for r in rows]
+                    cg, sg = [r["client_gap_ms"] for r in rows], [r["server_gap_ms"] for r in rows]
+                    print(f"{n:>8} {run:>3} {statistics.mean(ratios):>10.3f} {min(ratios):>9.3f} "
+                          f"{statistics.mean(r['received'] for r in rows):>10.1f} "
+                          f"{statistics.mean(r['emitted'] for r in rows):>10.1f} "
+                          f"{statistics.median(cg):>14.1f} / {max(cg):>9.1f} {statistics.median(sg):>14.1f} / "
+                          f"{max(sg):>9.1f}", flush=True)
+                    summary.setdefault(n, []).append({"ratio_mean": statistics.mean(ratios), "ratio_min": min(ratios),
+                                                      "client_gap_ms_median": statistics.median(cg),
+                                                      "server_gap_ms_median": statistics.median(sg)})
+            print(json.dumps(summary))
+        finally:
+            app.terminate()
+            app.wait(timeout=30)
+            server.terminate()
+
+
+if __name__ == "__main__":
+    main()
