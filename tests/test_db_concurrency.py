@@ -138,6 +138,8 @@ def test_writer_killed_mid_transaction_loses_nothing_committed(tmp_path: Path, c
     writer.send_signal(signal.SIGKILL)
     writer.wait(timeout=30)
     assert writer.returncode == -signal.SIGKILL, writer.stderr.read()
+    # What the writer printed before it died but we had not read yet.
+    printed += [int(line.split()[1]) for line in writer.stdout.read().splitlines() if line.startswith("committed")]
     assert len(printed) >= 300
 
     engine = make_engine(url)
