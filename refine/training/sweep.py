@@ -1,5 +1,10 @@
-"""`python -m refine sweep`: the data-efficiency curve — train on growing subsets of the training
-split with identical settings, evaluate each (and the untuned base) on the same held-out records."""
+"""`python -m refine sweep`: the data-efficiency curve — held-out loss and parse rate after
+100 / 250 / 500 / all training records, next to the untuned base model.
+
+One run makes every point: the training records come in a fixed seeded order, one example per
+step at a constant learning rate, and the adapter is saved after 100, 250 and 500 records. The
+adapter after N records is then exactly the adapter a run on those N records alone would give
+(same order, same steps, same settings), at the cost of one run instead of four."""
 
 from __future__ import annotations
 
@@ -11,30 +16,30 @@ from typing import Any
 import click
 
 from refine.training.config import TrainConfig
-from refine.training.data import TrainingDataError
+from refine.training.data import TrainingDataError, load_records
 from refine.training.evaluate import BASE, evaluate_model, markdown_table
 
 SWEEP_COLUMNS = ("model", "train_records", "loss", "perplexity", "generated", "parse_rate",
-                 "nothing_to_fix_share", "mean_critique_chars", "mean_revision_chars", "train_minutes")
-_VOLATILE = {"output", "limit", "resume"}  # settings that may differ between the runs of one sweep
+                 "nothing_to_fix_share", "mean_critique_chars", "mean_revision_chars")
+_VOLATILE = {"output", "resume", "snapshot_records"}  # may differ between runs of equal training
 
 
-def _same_settings(a: TrainConfig, b: TrainConfig) -> bool:
+def _same_training(a: TrainConfig, b: TrainConfig) -> bool:
     keep = lambda c: {k: v for k, v in c.to_json().items() if k not in _VOLATILE}  # noqa: E731
     return keep(a) == keep(b)
 
 
-def run_size(config: TrainConfig, size: int | None, folder: Path) -> dict[str, Any]:
-    """Train one point of the curve (or reuse a finished run with the same settings)."""
+def ensure_run(config: TrainConfig) -> dict[str, Any]:
+    """Train the sweep's run, or reuse a finished one with the same settings and snapshots."""
     from refine.training.trainer import train
 
-    run = replace(config, output=str(folder), limit=size, resume=True)
+    folder = Path(config.output)
     done = folder / "metrics.json"
-    if done.exists() and (folder / "settings.json").exists() and _same_settings(
-            TrainConfig.load(folder / "settings.json"), run):
-        click.echo(f"reusing finished run {folder}", err=True)
+    snapshots_done = all((folder / "snapshots" / f"n{n}").is_dir() for n in config.snapshot_records)
+    if done.exists() and snapshots_done and _same_training(TrainConfig.load(folder / "settings.json"), config):
+        click.echo(f"reusing the finished run in {folder}", err=True)
         return json.loads(done.read_text(encoding="utf-8"))
-    return train(run).metrics
+    return train(replace(config, resume=True)).metrics
 
 
 def plot(rows: list[dict[str, Any]], base: dict[str, Any], path: Path) -> None:
@@ -64,49 +69,51 @@ def plot(rows: list[dict[str, Any]], base: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+
+
 @click.command("sweep")
 @click.option("--data", default="data/shepherd/records.jsonl", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--output", "-o", default="runs/sweep", show_default=True, type=click.Path(file_okay=False))
-@click.option("--sizes", default="100,250,500,all", show_default=True, help="Training set sizes; 'all' = every record.")
+@click.option("--output", "-o", default="runs/sweep", show_default=True, type=click.Path(file_okay=False),
+              help="Run folder (a finished run with the same settings is reused, e.g. the shipped adapter).")
+@click.option("--sizes", default="100,250,500", show_default=True,
+              help="Training-set sizes to snapshot; the full training split is always the last point.")
 @click.option("--settings", "settings_path", type=click.Path(exists=True, dir_okay=False),
-              help="settings.json of a run to copy the training settings from (default: train's defaults).")
+              help="settings.json to copy the training settings from (default: OUTPUT/settings.json if "
+                   "present, else train's defaults).")
 @click.option("--limit", type=int, default=40, show_default=True, help="Held-out records used for generation.")
 @click.option("--max-new-tokens", type=int, default=160, show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="PNG to write (default OUTPUT/sweep.png).")
 def command(data: str, output: str, sizes: str, settings_path: str | None, limit: int, max_new_tokens: int,
             plot_path: str | None) -> None:
-    """Train on 100/250/500/all records with identical settings, evaluate each and the untuned
-    base on the same held-out split; write sweep.json, sweep.md and a plot. Finished runs are
-    reused, so an interrupted sweep continues where it stopped."""
+    """Data-efficiency curve: the adapter after 100/250/500/all training records (one run, see
+    module doc) and the untuned base, all evaluated on the same held-out split; writes
+    OUTPUT/sweep.json, OUTPUT/sweep.md and a plot."""
     from refine.training.trainer import prepare_split
 
     out = Path(output)
-    base_config = TrainConfig.load(settings_path) if settings_path else TrainConfig(data=data, output=output)
-    base_config = replace(base_config, data=data, eval_data=None, output=output)
+    existing = Path(settings_path) if settings_path else out / "settings.json"
+    config = TrainConfig.load(existing) if existing.exists() else TrainConfig(data=data, output=output)
+    points = sorted(int(s) for s in sizes.split(",") if s.strip())
+    config = replace(config, data=data, output=output, snapshot_records=points, limit=None)
     try:
-        split = prepare_split(base_config)
+        prepare_split(config)  # bad data fails here, before any model loads
+        metrics = ensure_run(config)
+        heldout = load_records(out / "heldout.jsonl")
     except (TrainingDataError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    heldout = split.heldout
-    points = [None if s.strip() == "all" else int(s) for s in sizes.split(",")]
     rows = []
-    for size in points:
-        folder = out / (f"n{size}" if size else "all")
-        metrics = run_size(base_config, size, folder)
+    for size, folder in [*((n, out / "snapshots" / f"n{n}") for n in points), (metrics["train_examples"], out)]:
         click.echo(f"evaluating {folder} …", err=True)
-        result = evaluate_model(str(folder), heldout, limit=limit, max_new_tokens=max_new_tokens,
-                                samples=folder / "heldout_generations.jsonl")
-        result.update(train_records=metrics["train_records"],
-                      train_minutes=round(metrics.get("train_runtime_s", 0) / 60, 1))
-        rows.append(result)
+        result = evaluate_model(str(folder), heldout, base_model=config.base_model, limit=limit,
+                                max_new_tokens=max_new_tokens, samples=out / "eval" / f"n{size}.jsonl")
+        rows.append({**result, "model": f"LoRA, {size} records", "train_records": size})
     click.echo("evaluating the untuned base …", err=True)
-    base = evaluate_model(BASE, heldout, base_model=base_config.base_model, limit=limit,
-                          max_new_tokens=max_new_tokens, samples=out / "base_generations.jsonl")
-    base["train_records"] = 0
+    base = evaluate_model(BASE, heldout, base_model=config.base_model, limit=limit,
+                          max_new_tokens=max_new_tokens, samples=out / "eval" / "base.jsonl")
+    base.update(model="untuned base (few-shot)", train_records=0)
     table = markdown_table([base, *rows], SWEEP_COLUMNS)
-    note = (f"\nHeld-out: {len(heldout)} records (loss over all; generation metrics over the first "
-            f"{min(limit, len(heldout))}, greedy, max {max_new_tokens} new tokens).\n")
-    out.mkdir(parents=True, exist_ok=True)
+    note = (f"\nHeld-out: {len(heldout)} records (loss over all of them; generation metrics over the first "
+            f"{min(limit, len(heldout))}, greedy, at most {max_new_tokens} new tokens).\n")
     (out / "sweep.md").write_text(table + "\n" + note, encoding="utf-8")
     (out / "sweep.json").write_text(json.dumps({"base": base, "runs": rows}, indent=2) + "\n", encoding="utf-8")
     plot(rows, base, Path(plot_path) if plot_path else out / "sweep.png")

@@ -223,6 +223,8 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None, split: DataSp
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * config.epochs
     metrics: dict[str, Any] = {
         "train_records": len(split.train),
+        # TRL drops examples whose prompt alone fills max_length (nothing left to learn from)
+        "train_examples": len(trainer.train_dataset),
         "heldout_records": len(split.heldout),
         "train_loss": round(result.training_loss, 4),
         "global_step": trainer.state.global_step,

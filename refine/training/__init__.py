@@ -1,0 +1,1 @@
+"""Fine-tuning the critique-and-revise model: `refine train`, `evaluate-model` and `sweep`."""
