@@ -46,6 +46,8 @@ def _modules(ctx: click.Context, param: click.Parameter, value: str) -> list[str
               help="Also save the adapter after these many training records (e.g. 100,250,500), into "
                    "OUTPUT/snapshots/n<records>: the data-efficiency curve from one run.")
 @click.option("--save-steps", type=int, help="Checkpoint every N steps (default: each epoch).")
+@click.option("--time-budget-min", type=float,
+              help="Stop after this many minutes of training, evaluate and save (records seen so far).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUTPUT/checkpoints.")
 @click.option("--skip-invalid", is_flag=True, help="Leave out invalid records instead of refusing the file.")
 def command(**options: object) -> None:

@@ -43,6 +43,7 @@ class TrainConfig:
     save_total_limit: int = 2
     logging_steps: int = 10
     resume: bool = False
+    time_budget_min: float | None = None  # stop (and save) after this many minutes of training
     skip_invalid: bool = False
 
     def to_json(self) -> dict[str, Any]:

@@ -42,6 +42,24 @@ def ensure_run(config: TrainConfig) -> dict[str, Any]:
     return train(replace(config, resume=True)).metrics
 
 
+def cached_eval(ref: str, heldout: list[Any], result_path: Path, *, base_model: str, limit: int,
+                max_new_tokens: int) -> dict[str, Any]:
+    """evaluate_model, or the result an earlier `evaluate-model --output result_path` wrote with
+    the same held-out records and generation settings."""
+    if result_path.exists():
+        saved = json.loads(result_path.read_text(encoding="utf-8"))
+        saved = saved[0] if isinstance(saved, list) else saved
+        if (saved.get("records") == len(heldout) and saved.get("max_new_tokens") == max_new_tokens
+                and saved.get("generated") == min(limit, len(heldout))):
+            click.echo(f"reusing {result_path}", err=True)
+            return saved
+    click.echo(f"evaluating {ref} …", err=True)
+    result = evaluate_model(ref, heldout, base_model=base_model, limit=limit, max_new_tokens=max_new_tokens,
+                            samples=result_path.with_suffix(".generations.jsonl"))
+    result_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
 def plot(rows: list[dict[str, Any]], base: dict[str, Any], path: Path) -> None:
     """Held-out loss and parse rate vs training records, with the base model as reference lines."""
     import matplotlib
@@ -101,16 +119,15 @@ def command(data: str, output: str, sizes: str, settings_path: str | None, limit
         heldout = load_records(out / "heldout.jsonl")
     except (TrainingDataError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    settings = dict(base_model=config.base_model, limit=limit, max_new_tokens=max_new_tokens)
     rows = []
-    for size, folder in [*((n, out / "snapshots" / f"n{n}") for n in points), (metrics["train_examples"], out)]:
-        click.echo(f"evaluating {folder} …", err=True)
-        result = evaluate_model(str(folder), heldout, base_model=config.base_model, limit=limit,
-                                max_new_tokens=max_new_tokens, samples=out / "eval" / f"n{size}.jsonl")
+    for size, folder in [*((n, out / "snapshots" / f"n{n}") for n in points), (metrics.get("examples_seen", metrics["train_examples"]), out)]:
+        name = "all" if folder == out else f"n{size}"
+        result = cached_eval(str(folder), heldout, out / "eval" / f"{name}.json", **settings)
         rows.append({**result, "model": f"LoRA, {size} records", "train_records": size})
-    click.echo("evaluating the untuned base …", err=True)
-    base = evaluate_model(BASE, heldout, base_model=config.base_model, limit=limit,
-                          max_new_tokens=max_new_tokens, samples=out / "eval" / "base.jsonl")
-    base.update(model="untuned base (few-shot)", train_records=0)
+    base = cached_eval(BASE, heldout, out / "eval" / "base.json", **settings)
+    base = {**base, "model": "untuned base (few-shot)", "train_records": 0}
     table = markdown_table([base, *rows], SWEEP_COLUMNS)
     note = (f"\nHeld-out: {len(heldout)} records (loss over all of them; generation metrics over the first "
             f"{min(limit, len(heldout))}, greedy, at most {max_new_tokens} new tokens).\n")

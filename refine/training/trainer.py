@@ -150,6 +150,26 @@ def snapshot_callback(config: TrainConfig, folder: Path) -> Any:
     return Snapshots()
 
 
+def time_budget_callback(minutes: float) -> Any:
+    """A callback ending training gracefully (evaluation, saving) once `minutes` have passed.
+    With a constant learning rate the result is the model of a run on the records seen so far."""
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        started = time.time()
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = time.time()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if time.time() - self.started > minutes * 60:
+                log.warning("time budget of %s min reached at step %d: stopping", minutes, state.global_step)
+                control.should_training_stop = True
+                control.should_evaluate = bool(args.eval_strategy != "no")
+
+    return TimeBudget()
+
+
 def build_trainer(config: TrainConfig, split: DataSplit, callbacks: list[Any] | None = None) -> Any:
     """An SFTTrainer over the split's prompt-completion datasets."""
     from trl import SFTTrainer
@@ -163,7 +183,8 @@ def build_trainer(config: TrainConfig, split: DataSplit, callbacks: list[Any] | 
         eval_dataset=to_dataset(split.heldout) if split.heldout else None,
         processing_class=tokenizer,
         peft_config=None if config.full else lora_config(config),
-        callbacks=[*(callbacks or []), snapshot_callback(config, Path(config.output) / "snapshots")],
+        callbacks=[*(callbacks or []), snapshot_callback(config, Path(config.output) / "snapshots"),
+                   *([time_budget_callback(config.time_budget_min)] if config.time_budget_min else [])],
     )
 
 
@@ -220,11 +241,15 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None, split: DataSp
     trainer.model.config.use_cache = False
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.time() - started
-    tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * config.epochs
+    lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+    seen = min(len(lengths) * config.epochs,
+               trainer.state.global_step * config.batch_size * config.grad_accum * trainer.args.world_size)
+    tokens = sum(lengths[i % len(lengths)] for i in range(int(seen)))  # exact for one example per step
     metrics: dict[str, Any] = {
         "train_records": len(split.train),
         # TRL drops examples whose prompt alone fills max_length (nothing left to learn from)
         "train_examples": len(trainer.train_dataset),
+        "examples_seen": int(seen),
         "heldout_records": len(split.heldout),
         "train_loss": round(result.training_loss, 4),
         "global_step": trainer.state.global_step,
