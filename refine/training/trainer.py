@@ -55,6 +55,7 @@ def sft_config(config: TrainConfig, *, has_eval: bool) -> Any:
     return SFTConfig(
         output_dir=str(Path(config.output) / "checkpoints"),
         num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=max(config.batch_size, 4),
         gradient_accumulation_steps=config.grad_accum,
