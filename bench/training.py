@@ -22,7 +22,7 @@ torch.set_num_threads(int(sys.argv[1]))
 from refine.training.config import TrainConfig
 from refine.training.trainer import train
 config = TrainConfig(data=sys.argv[2], output=sys.argv[3], dtype=sys.argv[4], max_steps=int(sys.argv[5]),
-                     grad_accum=int(sys.argv[6]), heldout_share=0.1, save_steps=10**6, logging_steps=1)
+                     grad_accum=int(sys.argv[6]), heldout_share=0.0, save_steps=10**6, logging_steps=1)
 metrics = train(config).metrics
 print(json.dumps({k: metrics[k] for k in ("tokens_per_s", "train_tokens", "train_runtime_s", "peak_memory_mb")}))
 """
