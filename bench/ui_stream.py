@@ -80,6 +80,7 @@ def run_session(url: str, prompt: str, start: threading.Barrier) -> Session:
     from gradio_client import Client
 
     client = Client(url, verbose=False, download_files=False)
+    client.predict(api_name="/new_chat")  # Gradio builds a session's state on its first call: not measured here
     start.wait()
     job = client.submit(prompt, api_name="/respond")
     updates = []
@@ -89,16 +90,20 @@ def run_session(url: str, prompt: str, start: threading.Barrier) -> Session:
 
 
 def analyse(session: Session, emitted: dict[tuple[str, str], dict], tokens: int) -> dict[str, float]:
-    """The receive/emit rate ratio of the base answer and the gaps around its end."""
-    base = emitted[("base", session.prompt)]
+    """Receive rate ÷ emit rate of the base answer over the same tokens (those after the
+    client's first update), how late each update was (vs the send time of its newest token),
+    and the gaps around the answer's end."""
+    sent = emitted[("base", session.prompt)]["times"]
     cnr = next(e for (role, p), e in emitted.items() if role == "cnr" and f"Prompt:\n{session.prompt}\n" in p)
-    streaming = [(t, n) for t, n, critique in session.updates if n and not critique]
-    (t0, n0), full = streaming[0], next(t for t, n, _ in session.updates if n >= tokens)
-    received = (tokens - n0) / (full - t0)  # tokens after the first update / the time they took
-    emit_rate = (base["tokens"] - 1) / (base["last"] - base["first"])
+    streaming = [(t, min(n, tokens)) for t, n, critique in session.updates if n and not critique]
+    (t0, n0) = streaming[0]
+    full = next(t for t, n in streaming if n >= tokens)
+    ratio = (sent[tokens - 1] - sent[n0 - 1]) / (full - t0)
+    lags = [1000 * (t - sent[n - 1]) for t, n in streaming if n <= tokens]
     first_critique = next(t for t, _, critique in session.updates if critique)
-    return {"ratio": received / emit_rate, "received": received, "emitted": emit_rate,
-            "client_gap_ms": 1000 * (first_critique - full), "server_gap_ms": 1000 * (cnr["first"] - base["last"])}
+    return {"ratio": ratio, "received": (tokens - n0) / (full - t0), "emitted": (tokens - 1) / (sent[-1] - sent[0]),
+            "lag_ms_median": statistics.median(lags), "lag_ms_max": max(lags),
+            "client_gap_ms": 1000 * (first_critique - full), "server_gap_ms": 1000 * (cnr["times"][0] - sent[-1])}
 
 
 def start_app(standin: str, db: Path, concurrency: int) -> tuple[subprocess.Popen, str]:
@@ -161,19 +166,23 @@ def main(sessions: str, tokens: int, delay: float, repeat: int, standin_mode: bo
             bench(url, standin, 1, tokens, "warmup")
             print(f"stand-in: {tokens} tokens per answer, {1 / delay:.0f} tok/s per stream; {os.cpu_count()} CPUs")
             print(f"{'sessions':>8} {'run':>3} {'ratio mean':>10} {'ratio min':>9} {'recv tok/s':>10} "
-                  f"{'emit tok/s':>10} {'gap ms (client) median/max':>27} {'gap ms (server) median/max':>27}")
+                  f"{'emit tok/s':>10} {'lag ms med/max':>15} {'gap ms client med/max':>22} "
+                  f"{'gap ms server med/max':>22}")
             summary = {}
             for n in counts:
                 for run in range(repeat):
                     rows = bench(url, standin, n, tokens, f"n{n}r{run}")
                     ratios = [r["ratio"] for r in rows]
                     cg, sg = [r["client_gap_ms"] for r in rows], [r["server_gap_ms"] for r in rows]
+                    lag_med = statistics.median(r["lag_ms_median"] for r in rows)
+                    lag_max = max(r["lag_ms_max"] for r in rows)
                     print(f"{n:>8} {run:>3} {statistics.mean(ratios):>10.3f} {min(ratios):>9.3f} "
                           f"{statistics.mean(r['received'] for r in rows):>10.1f} "
                           f"{statistics.mean(r['emitted'] for r in rows):>10.1f} "
-                          f"{statistics.median(cg):>14.1f} / {max(cg):>9.1f} {statistics.median(sg):>14.1f} / "
-                          f"{max(sg):>9.1f}", flush=True)
+                          f"{lag_med:>7.1f} /{lag_max:>6.0f} {statistics.median(cg):>11.1f} /{max(cg):>8.1f} "
+                          f"{statistics.median(sg):>11.1f} /{max(sg):>8.1f}", flush=True)
                     summary.setdefault(n, []).append({"ratio_mean": statistics.mean(ratios), "ratio_min": min(ratios),
+                                                      "lag_ms_median": lag_med,
                                                       "client_gap_ms_median": statistics.median(cg),
                                                       "server_gap_ms_median": statistics.median(sg)})
             print(json.dumps(summary))

@@ -14,7 +14,7 @@ import pytest
 from gradio_client import Client
 
 from tests.test_app_harness import (
-    OUT_CHAT, OUT_PAIR, OUT_PANEL, OUT_STATUS, RunningApp, Script, ScriptedServer, message_text, panel_text,
+    OUT_CHAT, OUT_PANEL, RunningApp, Script, ScriptedServer, message_text, panel_text,
     running_app, standin_settings, wait_for,
 )
 
@@ -75,14 +75,14 @@ def test_turn_with_two_rounds_streams_in_order_then_vote_is_stored(app: RunningA
     final = updates[-1]
     assert "Done: 2 round(s)" in panel_text(final[OUT_PANEL])
     assert message_text(final[OUT_CHAT][-1]) == "You said: What is the capital of France? (revised) (revised)"
-    assert final[OUT_PAIR]["value"] == "0-2"  # the original vs the final revision, by default
 
     (turn_id,) = app.rows("SELECT id FROM turns WHERE prompt = ?", "What is the capital of France?")[0]
     assert app.rows("SELECT round_index, status FROM rounds WHERE turn_id = ? ORDER BY round_index", turn_id) == [
         (1, "complete"), (2, "complete")]
 
-    after_vote = c.predict(api_name="/vote_left")
-    assert "Left was" in after_vote[-1]
+    reveal = c.predict(api_name="/vote_left")[-1]
+    assert "Left was" in reveal  # the original vs the final revision, by default
+    assert "the original answer" in reveal and "revision 2 (final)" in reveal
     votes = app.rows("SELECT left_round, right_round, choice, voter_hash FROM votes WHERE turn_id = ?", turn_id)
     assert len(votes) == 1 and {votes[0][0], votes[0][1]} == {0, 2} and votes[0][2] == "left" and votes[0][3]
 
@@ -135,8 +135,8 @@ def test_multi_turn_conversation_sees_earlier_turns_and_regenerate_adds_a_turn(
 def test_bad_input_gets_a_clear_message_and_nothing_is_stored(app: RunningApp) -> None:
     c = client(app)
     before = app.rows("SELECT COUNT(*) FROM turns")[0][0]
-    assert "Type a message first" in run_turn(c, "   ")[-1][OUT_STATUS]
-    too_long = run_turn(c, "x" * 100_001)[-1][OUT_STATUS]
+    assert "Type a message first" in panel_text(run_turn(c, "   ")[-1][OUT_PANEL])
+    too_long = panel_text(run_turn(c, "x" * 100_001)[-1][OUT_PANEL])
     assert "too long" in too_long and "100,001" in too_long
     assert app.rows("SELECT COUNT(*) FROM turns")[0][0] == before
 

@@ -28,9 +28,9 @@ from tests.standin_servers import Cut, Pause, Recorded, Reply, StandinServer, op
 
 CHAT_PATH = "/v1/chat/completions"
 RESPONSE_MARK = "Response to improve:\n"
-# Positions of the value outputs of /respond and /regenerate as gradio_client returns them
-# (buttons, layout blocks and states are not part of the API).
-OUT_CHAT, OUT_PANEL, OUT_STATUS, OUT_PAIR, OUT_LEFT, OUT_RIGHT, OUT_REVEAL = 1, 2, 3, 4, 5, 6, 7
+# Positions of the outputs of /respond and /regenerate as gradio_client returns them (states
+# are not part of the API).
+OUT_CHAT, OUT_PANEL = 0, 1
 
 
 def words(text: str) -> list[str]:
@@ -55,8 +55,7 @@ def prompt_of(body: dict[str, Any]) -> str:
 @dataclass
 class Script:
     """The stand-in's behaviour: `delay` seconds between tokens; `emitted` records, per request,
-    {role, prompt, first, last, tokens} (perf_counter times the first and last token were
-    sent) for the benchmark."""
+    {role, prompt, times} (perf_counter time each token was sent) for the benchmark."""
 
     delay: float = 0.01
     pad_words: int = 0  # extra words appended to every base answer (longer streams)
@@ -88,7 +87,7 @@ class Script:
     def _steps(self, role: str, prompt: str, pieces: list[str], delay: float, cut: bool) -> Iterator[Any]:
         """The SSE steps, generated as they are sent (so their send times can be recorded)."""
         chunks = openai_chunks(pieces, model="standin")
-        first = last = 0.0
+        times = []
         for i, chunk in enumerate(chunks[: len(pieces)]):
             if cut and i == 3:
                 yield Cut()
@@ -96,11 +95,9 @@ class Script:
             if i and delay:
                 yield Pause(delay)
             yield sse_event(chunk) if isinstance(chunk, dict) else chunk
-            last = time.perf_counter()
-            first = first or last
+            times.append(time.perf_counter())
         with self.lock:  # before the stream ends, so a client that saw the end finds the record
-            self.emitted.append({"role": role, "prompt": prompt, "first": first, "last": last,
-                                 "tokens": len(pieces)})
+            self.emitted.append({"role": role, "prompt": prompt, "times": times})
         yield from (sse_event(c) if isinstance(c, dict) else c for c in chunks[len(pieces):])
 
 

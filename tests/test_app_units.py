@@ -209,3 +209,28 @@ def test_stats_rows_count_both_bad_votes_too() -> None:
 
     rate = win_rate(1, [2], [1], [1], [1])
     assert stats_rows([rate])[0][0] == 1 and stats_rows([rate])[0][-2] == 5
+
+
+async def test_snapshots_batch_more_tokens_but_show_each_new_part_at_once(engine: Engine) -> None:
+    class Paced(ScriptedBackend):
+        async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
+            async for piece in super().stream(messages, params):
+                await asyncio.sleep(0.005)
+                yield piece
+
+    base = Paced([f" w{i}" for i in range(60)])
+    cnr = Paced(["Critique:", " Too", " short", "\nRevision:", " Longer", " answer"])
+    run = _run(engine, base, cnr, rounds=1)
+    seen = []
+    async for view in run.snapshots(lambda: 0.05):
+        current = view.rounds[-1] if view.rounds else None
+        seen.append((len(view.base_text.split()), current.critique if current else "", current and current.revision))
+    assert len(seen) < 25  # 60 tokens in ~0.3 s: a few batches, not one update per token
+    assert ("Too" in [c for _, c, _ in seen]) and ("Longer" in [r for _, _, r in seen])  # first tokens at once
+
+
+def test_the_update_rate_is_shared_by_running_turns() -> None:
+    turns = ActiveTurns()
+    assert turns.interval() == ActiveTurns.MIN_INTERVAL_S
+    turns._runs = {str(i): None for i in range(40)}  # type: ignore[misc]
+    assert turns.interval() == 40 / ActiveTurns.UPDATES_PER_S

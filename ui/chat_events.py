@@ -19,15 +19,13 @@ from refine.loop import refine_turn
 from ui.context import AppContext, Controls
 from ui.feedback import feedback_area
 from ui.layout import Layout
-from ui.render import chat_messages, panel_messages
+from ui.render import chat_messages, notice, panel_messages
 from ui.session import ChatSession, VoteState, for_turn
 from ui.turns import TurnRun
-from ui.view import TurnView
 from ui.voting import start, vote_area
 
 log = logging.getLogger(__name__)
 Update = dict[Any, Any]
-STREAM_INTERVAL_S = 0.04  # at most ~25 updates a second per turn while tokens stream
 
 
 def prompt_problem(prompt: str | None) -> str | None:
@@ -40,7 +38,13 @@ def prompt_problem(prompt: str | None) -> str | None:
 
 
 class ChatEvents:
-    """Handlers of the chat column; one instance per app."""
+    """Handlers of the chat column; one instance per app.
+
+    A turn is three chained events: `busy` (no queue) hands the prompt over and shows Stop;
+    `respond` (queued, limited) streams into the chat and the panel only; `after_turn` (no
+    queue) shows the vote and feedback areas and restores the buttons. The streaming event has
+    as few outputs as possible: Gradio 6 rebuilds every skipped output component on each step.
+    """
 
     def __init__(self, ctx: AppContext, ui: Layout) -> None:
         self.ctx, self.ui = ctx, ui
@@ -49,17 +53,34 @@ class ChatEvents:
         """Send or Stop; New chat and typing only between turns (Regenerate refuses during one)."""
         ui = self.ui
         return {ui.send: gr.Button(visible=not busy), ui.stop: gr.Button(visible=busy),
-                ui.new_chat: gr.Button(interactive=not busy), ui.prompt: gr.Textbox(interactive=not busy)}
+                ui.new_chat: gr.Button(interactive=not busy)}
 
-    def busy(self) -> Update:
-        """Show Stop at once, before the turn leaves the queue."""
-        return self._buttons(busy=True)
+    def _hide_last_turn(self) -> Update:
+        return {self.ui.vote_box: gr.Column(visible=False), self.ui.feedback_box: gr.Accordion(visible=False)}
+
+    def busy(self, prompt: str) -> Update:
+        """Take the prompt from the box (into `pending`) and show Stop, before the turn is queued."""
+        ui = self.ui
+        return {**self._buttons(busy=True), **self._hide_last_turn(), ui.pending: prompt,
+                ui.prompt: gr.Textbox(value="", interactive=False)}
+
+    def busy_again(self) -> Update:
+        """Show Stop before a regenerated turn is queued."""
+        return {**self._buttons(busy=True), **self._hide_last_turn(), self.ui.prompt: gr.Textbox(interactive=False)}
+
+    def after_turn(self, votes: VoteState, pending: str | None) -> Update:
+        """Offer the vote and the feedback on the turn; give back a prompt that was not sent."""
+        ui = self.ui
+        return {**self._buttons(busy=False), **vote_area(ui, votes), **feedback_area(ui, votes), ui.pending: None,
+                ui.prompt: gr.Textbox(value=pending or "", interactive=True)}
 
     async def respond(self, prompt: str, rounds: int, stop_early: bool, temperature: float, max_new_tokens: int,
-                      cnr_max_new_tokens: int, session: ChatSession, request: gr.Request) -> AsyncIterator[Update]:
+                      cnr_max_new_tokens: int, session: ChatSession, pending: str | None,
+                      request: gr.Request) -> AsyncIterator[Update]:
         """Answer a prompt, then critique and revise the answer round after round (streamed)."""
         controls = Controls(rounds, stop_early, temperature, max_new_tokens, cnr_max_new_tokens)
-        async for update in self._turn(prompt, controls, session, request.session_hash or ""):
+        text = prompt or pending or ""  # the box itself (API callers) or what `busy` took from it
+        async for update in self._turn(text, controls, session, request.session_hash or ""):
             yield update
 
     async def regenerate(self, rounds: int, stop_early: bool, temperature: float, max_new_tokens: int,
@@ -67,22 +88,21 @@ class ChatEvents:
         """Answer the last prompt again, as a new turn of the same conversation."""
         earlier, prompt = session.without_last()
         if prompt is None:
-            yield {self.ui.status: "Nothing to regenerate yet.", **self._buttons(busy=False)}
+            yield {self.ui.panel: [notice("Nothing to regenerate yet.")]}
             return
         controls = Controls(rounds, stop_early, temperature, max_new_tokens, cnr_max_new_tokens)
-        async for update in self._turn(prompt, controls, earlier, request.session_hash or "", keep_prompt=True):
+        async for update in self._turn(prompt, controls, earlier, request.session_hash or "", regenerated=True):
             yield update
 
-    async def stop(self, request: gr.Request) -> Any:
+    async def stop(self, request: gr.Request) -> None:
         """Stop this session's turn; the turn's own handler then shows how far it got."""
         await self.ctx.turns.stop(request.session_hash or "")
-        return gr.skip()
 
     def new_chat(self) -> Update:
         """Forget the conversation on screen (what was stored stays stored)."""
-        ui, votes = self.ui, VoteState()
-        return {ui.chatbot: [], ui.panel: [], ui.status: "", ui.prompt: "", ui.chat_state: ChatSession(),
-                ui.vote_state: votes, **vote_area(ui, votes), **feedback_area(ui, votes)}
+        ui = self.ui
+        return {ui.chatbot: [], ui.panel: [], ui.prompt: "", ui.pending: None, ui.chat_state: ChatSession(),
+                ui.vote_state: VoteState(), **self._hide_last_turn()}
 
     def _prepare(self, session: ChatSession, conversation: list[Message]) -> EventRecorder:
         """Validate the prompt for storage, then make sure the conversation exists (in a thread)."""
@@ -92,69 +112,66 @@ class ChatEvents:
         return recorder
 
     async def _turn(self, prompt: str, controls: Controls, session: ChatSession, sid: str,
-                    keep_prompt: bool = False) -> AsyncIterator[Update]:
+                    regenerated: bool = False) -> AsyncIterator[Update]:
         ui, turns = self.ui, self.ctx.turns
-        idle = self._buttons(busy=False)
+        refused = {ui.pending: None if regenerated else prompt}  # `after_turn` puts it back in the box
         run: TurnRun | None = None
         try:
-            if turns.take_stop(sid):
-                yield {ui.status: "Stopped before it started.", **idle}
-                return
             if turns.running(sid):
-                yield {ui.status: "⚠️ A turn is already running in this session."}
+                yield gr.skip()  # a second call while this session's turn runs: leave that turn alone
+                return
+            if turns.take_stop(sid):
+                yield {ui.panel: [notice("⏹ Stopped before it started.")], **refused}
                 return
             problem = prompt_problem(prompt) or controls.check()
             if problem:
-                yield {ui.status: f"⚠️ {problem}", **idle}
+                yield {ui.panel: [notice(f"⚠️ {problem}")], **refused}
                 return
             conversation = session.conversation(prompt)
             try:
                 recorder = await asyncio.to_thread(self._prepare, session, conversation)
             except InvalidInput as exc:
-                yield {ui.status: f"⚠️ {exc}", **idle}
+                yield {ui.panel: [notice(f"⚠️ {exc}")], **refused}
                 return
             except SQLAlchemyError:
                 log.exception("preparing a turn failed")
-                yield {ui.status: "⚠️ The database is unavailable; nothing was sent.", **idle}
+                yield {ui.panel: [notice("⚠️ The database is unavailable; nothing was sent.")], **refused}
                 return
             events = refine_turn(conversation, cnr=self.ctx.cnr, base=self.ctx.base,
                                  config=self.ctx.loop_config(controls))
             run = TurnRun(events, recorder)
             turns.begin(sid, run)
-            empty = VoteState()
-            # Buttons were switched by `busy` (API callers have none); few updates: each costs.
-            yield {**({} if keep_prompt else {ui.prompt: ""}), ui.status: "", ui.vote_state: empty,
-                   ui.chatbot: chat_messages(session, prompt, run.view), ui.panel: panel_messages(run.view),
-                   **vote_area(ui, empty), **feedback_area(ui, empty)}
-            async for view in run.snapshots(STREAM_INTERVAL_S):
+            yield {ui.chatbot: chat_messages(session, prompt, run.view), ui.panel: panel_messages(run.view),
+                   ui.vote_state: VoteState(), ui.pending: None}
+            async for view in run.snapshots(turns.interval):
                 if view.finished:
                     break
                 yield {ui.chatbot: chat_messages(session, prompt, view), ui.panel: panel_messages(view)}
-            yield {**self._finished(session, prompt, recorder.conversation_id, run.view), **idle}
+            after = session.after(prompt, run.view, recorder.conversation_id)
+            yield {ui.chatbot: chat_messages(after), ui.panel: panel_messages(run.view), ui.chat_state: after,
+                   ui.vote_state: start(for_turn(run.view.turn_id, run.view))}
         finally:
             if run is not None:
                 if not run.done:  # the handler was cancelled: stop the turn and record it
                     await run.stop()
                 turns.end(sid, run)
 
-    def _finished(self, session: ChatSession, prompt: str, conversation_id: int | None, view: TurnView) -> Update:
-        ui = self.ui
-        after = session.after(prompt, view, conversation_id)
-        votes = start(for_turn(view.turn_id, view))
-        return {ui.chatbot: chat_messages(after), ui.panel: panel_messages(view), ui.status: "",
-                ui.chat_state: after, ui.vote_state: votes, **vote_area(ui, votes), **feedback_area(ui, votes)}
-
     def wire(self) -> None:
         ui = self.ui
-        limit = self.ctx.generation_limit
-        busy_outputs = [ui.send, ui.stop, ui.new_chat, ui.prompt]
-        outputs = [ui.prompt, ui.chatbot, ui.panel, ui.status, ui.send, ui.stop, ui.new_chat,
-                   *ui.vote_area, *ui.feedback_area, ui.chat_state, ui.vote_state]
-        generate = dict(concurrency_id="generate", concurrency_limit=limit, show_progress="minimal")
-        gr.on([ui.send.click, ui.prompt.submit], self.busy, None, busy_outputs, queue=False,
-              api_visibility="private").then(
-            self.respond, [ui.prompt, *ui.controls, ui.chat_state], outputs, api_name="respond", **generate)
-        ui.regenerate.click(self.busy, None, busy_outputs, queue=False, api_visibility="private").then(
-            self.regenerate, [*ui.controls, ui.chat_state], outputs, api_name="regenerate", **generate)
-        ui.stop.click(self.stop, None, [ui.status], queue=False, api_name="stop")
-        ui.new_chat.click(self.new_chat, None, outputs, queue=False, api_name="new_chat")
+        generate = dict(concurrency_id="generate", concurrency_limit=self.ctx.generation_limit,
+                        show_progress="minimal")
+        outputs = [ui.chatbot, ui.panel, ui.chat_state, ui.vote_state, ui.pending]
+        busy_outputs = [ui.send, ui.stop, ui.new_chat, ui.vote_box, ui.feedback_box, ui.prompt]
+        after_outputs = [ui.send, ui.stop, ui.new_chat, *ui.vote_area, *ui.feedback_area, ui.prompt, ui.pending]
+        ui_only = dict(queue=False, api_visibility="private")
+        gr.on([ui.send.click, ui.prompt.submit], self.busy, [ui.prompt], [*busy_outputs, ui.pending], **ui_only).then(
+            self.respond, [ui.prompt, *ui.controls, ui.chat_state, ui.pending], outputs, api_name="respond",
+            **generate).then(
+            self.after_turn, [ui.vote_state, ui.pending], after_outputs, **ui_only)
+        ui.regenerate.click(self.busy_again, None, busy_outputs, **ui_only).then(
+            self.regenerate, [*ui.controls, ui.chat_state], outputs, api_name="regenerate", **generate).then(
+            self.after_turn, [ui.vote_state, ui.pending], after_outputs, **ui_only)
+        ui.stop.click(self.stop, None, None, queue=False, api_name="stop")
+        ui.new_chat.click(self.new_chat, None, [ui.chatbot, ui.panel, ui.prompt, ui.pending, ui.chat_state,
+                                                ui.vote_state, ui.vote_box, ui.feedback_box],
+                          queue=False, api_name="new_chat")

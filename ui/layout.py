@@ -32,7 +32,6 @@ class Layout:
     stop: gr.Button
     regenerate: gr.Button
     new_chat: gr.Button
-    status: gr.Markdown
     panel: gr.Chatbot
     rounds: gr.Slider
     stop_early: gr.Checkbox
@@ -63,6 +62,7 @@ class Layout:
     data_status: gr.Markdown | None
     chat_state: gr.State
     vote_state: gr.State
+    pending: gr.State  # a prompt taken from the box, on its way to the turn
 
     @property
     def controls(self) -> list[gr.components.Component]:
@@ -88,9 +88,7 @@ def _chat_column(ctx: AppContext) -> dict:
         stop = gr.Button("Stop", variant="stop", visible=False, elem_id="stop")
         regenerate = gr.Button("Regenerate", elem_id="regenerate")
         new_chat = gr.Button("New chat", elem_id="new-chat")
-    status = gr.Markdown(elem_id="status")
-    return dict(chatbot=chatbot, prompt=prompt, send=send, stop=stop, regenerate=regenerate, new_chat=new_chat,
-                status=status)
+    return dict(chatbot=chatbot, prompt=prompt, send=send, stop=stop, regenerate=regenerate, new_chat=new_chat)
 
 
 def _controls(ctx: AppContext) -> dict:
@@ -139,7 +137,8 @@ def _feedback() -> dict:
                       elem_id="feedback-box") as feedback_box:
         gr.Markdown("Your critique and your improved answer become training data for the next "
                     "critique-and-revise model.")
-        fb_version = gr.Dropdown(label="Answer", choices=[], interactive=True, elem_id="feedback-version")
+        fb_version = gr.Dropdown(label="Answer", choices=[], interactive=True, elem_id="feedback-version",
+                                 allow_custom_value=True)  # checked against the turn by the handler
         fb_critique = gr.Textbox(label="Your critique: what is wrong or missing?", lines=3, elem_id="feedback-critique")
         fb_edit = gr.Textbox(label="Your improved answer (edit it)", lines=8, elem_id="feedback-edit")
         fb_submit = gr.Button("Save feedback", elem_id="feedback-submit")
@@ -194,4 +193,5 @@ def build_layout(ctx: AppContext) -> Layout:
             parts |= _feedback()
         parts |= _statistics()
         parts |= _data(ctx)
-    return Layout(**parts, chat_state=gr.State(ChatSession()), vote_state=gr.State(VoteState()))
+    return Layout(**parts, chat_state=gr.State(ChatSession()), vote_state=gr.State(VoteState()),
+                  pending=gr.State(None))

@@ -34,6 +34,11 @@ STOP_NOTES = {
 THINKING = "…"
 
 
+def notice(text: str) -> ChatMessage:
+    """A message from the app itself in the panel (e.g. why a prompt was not sent)."""
+    return {"role": "assistant", "content": text}
+
+
 def error_text(kind: str, message: str) -> str:
     """A backend failure as one clear sentence plus the details."""
     if kind == "cancelled":

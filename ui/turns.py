@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 from db.recorder import EventRecorder
@@ -97,15 +97,15 @@ class TurnRun:
         self.view.finished = True
         self._changed.set()
 
-    async def snapshots(self, min_interval: float = 0.0) -> AsyncIterator[TurnView]:
+    async def snapshots(self, min_interval: Callable[[], float] = lambda: 0.0) -> AsyncIterator[TurnView]:
         """The view after each batch of changes, until the turn is finished and written. A
         slow reader gets fewer, bigger steps (nothing queues up behind it); more tokens for a
-        part already on screen wait up to `min_interval` seconds after the previous step, so
+        part already on screen wait until `min_interval()` seconds after the previous step, so
         a fast stream costs the UI a bounded number of updates per second."""
         last = -math.inf
         while True:
             await self._changed.wait()
-            pause = last + min_interval - time.monotonic()
+            pause = last + min_interval() - time.monotonic()
             if pause > 0 and not self._urgent.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause):
@@ -132,6 +132,9 @@ class ActiveTurns:
     """The running turn of each session (a session runs one turn at a time), and the sessions
     that pressed Stop while their turn was still waiting in the queue."""
 
+    MIN_INTERVAL_S = 0.04  # a turn's stream updates the page at most ~25 times a second...
+    UPDATES_PER_S = 200.0  # ...and all turns together about this often (each update costs the server)
+
     def __init__(self) -> None:
         self._runs: dict[str, TurnRun] = {}
         self._stop_asked: set[str] = set()
@@ -147,6 +150,10 @@ class ActiveTurns:
 
     def running(self, session: str) -> bool:
         return session in self._runs
+
+    def interval(self) -> float:
+        """Seconds between two stream updates of one turn, with this many turns running."""
+        return max(self.MIN_INTERVAL_S, len(self._runs) / self.UPDATES_PER_S)
 
     def take_stop(self, session: str) -> bool:
         """True (once) when Stop was pressed before this session's turn started."""
