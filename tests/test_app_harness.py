@@ -9,6 +9,7 @@ answer and round k's revision carries k "(revised)" marks. Words in the prompt s
   [cut-round]  round 1's stream breaks off after a few tokens
   [slow]       0.2 s between tokens (time to press Stop)
   [fix]        the critique says "Nothing to fix." (refinement stops early)
+  [busy]       the server answers 429 (overloaded), as vLLM/TGI do when full
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from refine.cnr_format import INSTRUCTION
-from tests.standin_servers import Cut, Pause, Recorded, Reply, StandinServer, openai_chunks, sse_event, sse_reply
+from tests.standin_servers import (
+    Cut, Pause, Recorded, Reply, StandinServer, json_reply, openai_chunks, sse_event, sse_reply,
+)
 
 CHAT_PATH = "/v1/chat/completions"
 RESPONSE_MARK = "Response to improve:\n"
@@ -78,6 +81,8 @@ class Script:
         role, pieces = self.pieces(body)
         text = prompt_of(body)
         delay = 0.2 if "[slow]" in text else self.delay
+        if "[busy]" in text:
+            return json_reply({"error": "Model is overloaded", "error_type": "overloaded"}, 429)
         cut = ("[cut]" in text and role == "base") or ("[cut-round]" in text and role == "cnr")
         # Reply's steps are iterated as they are sent: a generator records true send times.
         headers = sse_reply([]).headers
@@ -124,9 +129,9 @@ def free_port() -> int:
 
 def standin_settings(url: str, db_file: Path, **overrides: Any) -> dict[str, Any]:
     """Settings for an app whose base and CnR models are both the stand-in at `url`."""
-    return dict(base_backend="openai", base_url=url, cnr_backend="openai", base_model="standin",
-                database_url=f"sqlite:///{db_file}", rounds=2, retries=0, timeout=10, concurrency=8,
-                **overrides)
+    return {**dict(base_backend="openai", base_url=url, cnr_backend="openai", base_model="standin",
+                   database_url=f"sqlite:///{db_file}", rounds=2, retries=0, timeout=10, concurrency=8),
+            **overrides}
 
 
 @dataclass
