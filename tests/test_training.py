@@ -170,3 +170,37 @@ def test_prompt_tokens_carry_no_loss(data_file: Path, tiny_model_dir: Path, tmp_
     assert seen == 2
     batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()  # padding carries no loss either
+
+
+def test_sweep_and_evaluate_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The sweep trains one run with snapshots, evaluates every point and the base on the same
+    held-out records, and writes its table, JSON and plot; a second call reuses everything."""
+    from click.testing import CliRunner
+
+    from refine.training.evaluate import command as evaluate_command
+    from refine.training.sweep import command as sweep_command
+
+    data = tmp_path / "records.jsonl"
+    write_jsonl(data, _records(16))
+    out = tmp_path / "sweep"
+    out.mkdir()
+    _config(data, tiny_model_dir, out, heldout_share=0.3, epochs=1, batch_size=1, grad_accum=2,
+            save_steps=None).save(out / "settings.json")
+    args = ["--data", str(data), "--output", str(out), "--sizes", "2,4", "--limit", "2", "--max-new-tokens", "4"]
+    result = CliRunner().invoke(sweep_command, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [r["train_records"] for r in summary["runs"]][:2] == [2, 4]
+    heldout = summary["base"]["records"]
+    assert heldout > 0 and all(r["records"] == heldout and r["generated"] == 2 for r in summary["runs"])
+    assert summary["base"]["few_shot"] is True and summary["base"]["loss"] > 0
+    assert (out / "sweep.png").stat().st_size > 0 and "| untuned base" in (out / "sweep.md").read_text()
+    again = CliRunner().invoke(sweep_command, args)
+    assert again.exit_code == 0 and "reusing the finished run" in again.output
+
+    result = CliRunner().invoke(evaluate_command, [
+        "--data", str(out / "heldout.jsonl"), "--model", str(out), "--limit", "1", "--max-new-tokens", "4",
+        "--output", str(tmp_path / "eval.json")])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads((tmp_path / "eval.json").read_text())
+    assert {"loss", "perplexity", "parse_rate", "nothing_to_fix_share", "mean_critique_chars"} <= set(row)
