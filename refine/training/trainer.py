@@ -243,9 +243,11 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None, split: DataSp
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.time() - started
     lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
-    seen = min(len(lengths) * config.epochs,
-               trainer.state.global_step * config.batch_size * config.grad_accum * trainer.args.world_size)
-    tokens = sum(lengths[i % len(lengths)] for i in range(int(seen)))  # exact for one example per step
+    per_step = config.batch_size * config.grad_accum * trainer.args.world_size
+    seen = min(len(lengths) * config.epochs, trainer.state.global_step * per_step)
+    first = int(Path(resume_from).name.rsplit("-", 1)[-1]) * per_step if resume_from else 0
+    # tokens trained in this process (exact for one example per step, in order)
+    tokens = sum(lengths[i % len(lengths)] for i in range(first, int(seen)))
     metrics: dict[str, Any] = {
         "train_records": len(split.train),
         # TRL drops examples whose prompt alone fills max_length (nothing left to learn from)
