@@ -76,12 +76,13 @@ def _critique_started(panel: Any) -> bool:
         for m in panel)
 
 
-def run_session(url: str, prompt: str, start: threading.Barrier) -> Session:
+def run_session(url: str, prompt: str, ready: threading.Barrier, go: threading.Event) -> Session:
     from gradio_client import Client
 
     client = Client(url, verbose=False, download_files=False)
     client.predict(api_name="/new_chat")  # Gradio builds a session's state on its first call: not measured here
-    start.wait()
+    ready.wait()
+    go.wait()
     job = client.submit(prompt, api_name="/respond")
     updates = []
     for out in job:
@@ -126,21 +127,33 @@ def start_app(standin: str, db: Path, concurrency: int) -> tuple[subprocess.Pope
     raise SystemExit("the app did not start in 120 s")
 
 
-def bench(url: str, standin: str, sessions: int, tokens: int, tag: str) -> list[dict[str, float]]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench(url: str, standin: str, app_pid: int, sessions: int, tokens: int, tag: str) -> tuple[list[dict], float]:
+    """Run `sessions` turns at once; returns each session's figures and the app's CPU seconds
+    spent while they streamed (clients are connected before and not counted)."""
     prompts = [f"{tag} session {i}" for i in range(sessions)]
-    barrier = threading.Barrier(sessions)
+    ready, go = threading.Barrier(sessions + 1), threading.Event()
     results: list[Session] = [None] * sessions  # type: ignore[list-item]
 
     def one(i: int) -> None:
-        results[i] = run_session(url, prompts[i], barrier)
+        results[i] = run_session(url, prompts[i], ready, go)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(sessions)]
     for t in threads:
         t.start()
+    ready.wait()
+    cpu = cpu_seconds(app_pid)
+    go.set()
     for t in threads:
         t.join()
+    cpu = cpu_seconds(app_pid) - cpu
     emitted = {(e["role"], e["prompt"]): e for e in httpx.get(standin + "/emitted").json()}
-    return [analyse(s, emitted, tokens) for s in results]
+    return [analyse(s, emitted, tokens) for s in results], cpu
 
 
 @click.command()
@@ -163,15 +176,17 @@ def main(sessions: str, tokens: int, delay: float, repeat: int, standin_mode: bo
     with tempfile.TemporaryDirectory() as tmp:
         app, url = start_app(standin, Path(tmp) / "bench.db", max(counts))
         try:
-            bench(url, standin, 1, tokens, "warmup")
+            bench(url, standin, app.pid, 1, tokens, "warmup")
             print(f"stand-in: {tokens} tokens per answer, {1 / delay:.0f} tok/s per stream; {os.cpu_count()} CPUs")
             print(f"{'sessions':>8} {'run':>3} {'ratio mean':>10} {'ratio min':>9} {'recv tok/s':>10} "
                   f"{'emit tok/s':>10} {'lag ms med/max':>15} {'gap ms client med/max':>22} "
-                  f"{'gap ms server med/max':>22}")
+                  f"{'gap ms server med/max':>22} {'app CPU µs/token':>16}")
             summary = {}
             for n in counts:
                 for run in range(repeat):
-                    rows = bench(url, standin, n, tokens, f"n{n}r{run}")
+                    rows, cpu = bench(url, standin, app.pid, n, tokens, f"n{n}r{run}")
+                    streamed = n * (2 * tokens + 8)  # the answer, then a critique and its revision
+                    cpu_per_token = 1e6 * cpu / streamed
                     ratios = [r["ratio"] for r in rows]
                     cg, sg = [r["client_gap_ms"] for r in rows], [r["server_gap_ms"] for r in rows]
                     lag_med = statistics.median(r["lag_ms_median"] for r in rows)
@@ -180,11 +195,12 @@ def main(sessions: str, tokens: int, delay: float, repeat: int, standin_mode: bo
                           f"{statistics.mean(r['received'] for r in rows):>10.1f} "
                           f"{statistics.mean(r['emitted'] for r in rows):>10.1f} "
                           f"{lag_med:>7.1f} /{lag_max:>6.0f} {statistics.median(cg):>11.1f} /{max(cg):>8.1f} "
-                          f"{statistics.median(sg):>11.1f} /{max(sg):>8.1f}", flush=True)
+                          f"{statistics.median(sg):>11.1f} /{max(sg):>8.1f} {cpu_per_token:>16.0f}", flush=True)
                     summary.setdefault(n, []).append({"ratio_mean": statistics.mean(ratios), "ratio_min": min(ratios),
                                                       "lag_ms_median": lag_med,
                                                       "client_gap_ms_median": statistics.median(cg),
-                                                      "server_gap_ms_median": statistics.median(sg)})
+                                                      "server_gap_ms_median": statistics.median(sg),
+                                                      "app_cpu_us_per_token": cpu_per_token})
             print(json.dumps(summary))
         finally:
             app.terminate()
