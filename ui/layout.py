@@ -186,7 +186,7 @@ def build_layout(ctx: AppContext) -> Layout:
                     parts |= _chat_column(ctx)
                 with gr.Column(scale=1):
                     parts["panel"] = gr.Chatbot(
-                        label="Refinement", height=460, layout="panel", elem_id="panel", buttons=["copy"],
+                        label="Refinement", height=460, layout="panel", elem_id="panel", buttons=["copy_all"],
                         allow_tags=False, placeholder="Each round's critique and revision streams in here.")
             parts |= _controls(ctx)
             parts |= _voting()
