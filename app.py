@@ -86,7 +86,8 @@ def build(settings: Settings) -> Any:
     db_file = Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
     backup = bool(settings.backup_repo)
     if backup and db_file is None:
-        log.warning("REFINE_BACKUP_REPO backs up a SQLite file only; %s is not one, no backup", parsed.render_as_string())
+        log.warning("REFINE_BACKUP_REPO backs up a SQLite file only; %s is not one: no backup",
+                    parsed.render_as_string(hide_password=True))
         backup = False
     if backup:
         assert db_file is not None
@@ -111,7 +112,8 @@ def build(settings: Settings) -> Any:
                       "REFINE_BASE_API_KEY / REFINE_CNR_API_KEY, REFINE_BACKUP_TOKEN (else HF_TOKEN), "
                       "REFINE_VOTER_SALT.")
 @click.option("--host", help="Address to serve on [env REFINE_HOST; default GRADIO_SERVER_NAME or 127.0.0.1].")
-@click.option("--port", type=click.IntRange(1, 65535), help="Port [env REFINE_PORT; default GRADIO_SERVER_PORT or 7860].")
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Port [env REFINE_PORT; default GRADIO_SERVER_PORT or 7860].")
 @click.option("--share/--no-share", default=None, help="Also open a public gradio.live link [default off].")
 @click.option("--rounds", type=click.IntRange(1, 10), help="Default critique→revision rounds per turn [default 3].")
 @click.option("--stop-early/--no-stop-early", default=None,

@@ -41,7 +41,7 @@ def client(app: RunningApp) -> Client:
 def run_turn(c: Client, prompt: str, api: str = "/respond") -> list[tuple]:
     """Every update of one turn, in order."""
     job = c.submit(prompt, api_name=api) if api == "/respond" else c.submit(api_name=api)
-    updates = list(job)
+    list(job)  # wait for the end
     assert job.outputs(), "no output"
     return job.outputs()
 

@@ -5,7 +5,6 @@ logs)."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,7 +59,8 @@ def test_one_generation_at_a_time_but_votes_and_statistics_do_not_wait(app: Runn
     voter.predict("Vote on this", api_name="/respond")
     first, second = Client(app.url, verbose=False), Client(app.url, verbose=False)
     job1 = first.submit("Slow one [slow]", api_name="/respond")
-    wait_for(lambda: any("Slow one" in r.json["messages"][-1]["content"] for r in server.requests_to("/v1/chat/completions")))
+    wait_for(lambda: any("Slow one" in r.json["messages"][-1]["content"]
+                         for r in server.requests_to("/v1/chat/completions")))
     job2 = second.submit("Queued one", api_name="/respond")
     time.sleep(0.3)
     started = time.monotonic()

@@ -83,7 +83,8 @@ async def test_stopping_mid_round_stores_the_round_as_cancelled_with_its_partial
     await _until(lambda: run.view.running_round is not None and "short" in run.view.running_round.critique)
     await run.stop()
     assert run.view.finished and run.view.stop_reason == "cancelled"
-    assert _rows(engine, "SELECT status, critique, stop_reason FROM rounds") == [("cancelled", "Too short", "cancelled")]
+    rounds = _rows(engine, "SELECT status, critique, stop_reason FROM rounds")
+    assert rounds == [("cancelled", "Too short", "cancelled")]
     assert _rows(engine, "SELECT answer, error FROM turns") == [("An answer.", None)]
 
 
@@ -173,7 +174,6 @@ def test_chat_session_keeps_refined_answers_for_later_turns_and_skips_failed_one
     session = ChatSession().after("Q1", ok, conversation_id=7)
     failed = TurnView()
     failed.apply(BaseDelta("par"))
-    failed.interruption("cancelled", "x")
     for event in failed.interruption("cancelled", "stopped"):
         failed.apply(event)
     session = session.after("Q2", failed, 7)

@@ -119,7 +119,8 @@ def test_html_and_script_in_prompts_and_model_output_stay_inert(page: Any, app: 
       for (const root of roots) for (const el of root.querySelectorAll('*')) {
         if (['SCRIPT', 'IFRAME'].includes(el.tagName)) found.push(el.tagName);
         for (const attr of el.attributes) {
-          if (attr.name.startsWith('on') || attr.value.trim().toLowerCase().startsWith('javascript:')) found.push(attr.name);
+          const value = attr.value.trim().toLowerCase();
+          if (attr.name.startsWith('on') || value.startsWith('javascript:')) found.push(attr.name);
         }
       }
       return found;

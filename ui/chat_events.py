@@ -71,8 +71,9 @@ class ChatEvents:
     def after_turn(self, votes: VoteState, pending: str | None) -> Update:
         """Offer the vote and the feedback on the turn; give back a prompt that was not sent."""
         ui = self.ui
+        box = gr.Textbox(interactive=True) if pending is None else gr.Textbox(value=pending, interactive=True)
         return {**self._buttons(busy=False), **vote_area(ui, votes), **feedback_area(ui, votes), ui.pending: None,
-                ui.prompt: gr.Textbox(value=pending or "", interactive=True)}
+                ui.prompt: box}
 
     async def respond(self, prompt: str, rounds: int, stop_early: bool, temperature: float, max_new_tokens: int,
                       cnr_max_new_tokens: int, session: ChatSession, pending: str | None,

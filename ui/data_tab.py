@@ -8,8 +8,6 @@ import tempfile
 import time
 from typing import Any
 
-import gradio as gr
-
 from db.app_queries import write_exports
 from ui.context import AppContext
 from ui.layout import Layout

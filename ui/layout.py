@@ -77,12 +77,11 @@ class Layout:
         return [self.feedback_box, self.fb_version, self.fb_critique, self.fb_edit, self.fb_status]
 
 
-def _chat_column(ctx: AppContext) -> dict:
+def _chat_column() -> dict:
     chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chat", buttons=["copy"], allow_tags=False,
                          placeholder="Ask anything to start.")
-    prompt = gr.Textbox(show_label=False, placeholder="Type a message and press Enter (Shift+Enter for a new line)", lines=1,
-                        max_lines=10,
-                        elem_id="prompt")
+    prompt = gr.Textbox(show_label=False, placeholder="Type a message and press Enter (Shift+Enter for a new line)",
+                        lines=1, max_lines=10, elem_id="prompt")
     with gr.Row():
         send = gr.Button("Send", variant="primary", elem_id="send")
         stop = gr.Button("Stop", variant="stop", visible=False, elem_id="stop")
@@ -183,7 +182,7 @@ def build_layout(ctx: AppContext) -> Layout:
         with gr.Tab("Chat", id="chat"):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
-                    parts |= _chat_column(ctx)
+                    parts |= _chat_column()
                 with gr.Column(scale=1):
                     parts["panel"] = gr.Chatbot(
                         label="Refinement", height=460, layout="panel", elem_id="panel", buttons=["copy_all"],

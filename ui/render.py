@@ -71,7 +71,8 @@ def _round_messages(r: RoundView) -> list[ChatMessage]:
         out.append({"role": "assistant", "content": f"**Revision {r.index}**\n\n{r.revision or THINKING}"})
     elif r.phase == "failed":
         out.append({"role": "assistant",
-                    "content": f"⚠️ **Round {r.index} failed:** {r.error or 'unknown error'}. The previous answer stands."})
+                    "content": f"⚠️ **Round {r.index} failed:** {r.error or 'unknown error'}. "
+                               "The previous answer stands."})
     elif r.phase == "cancelled":
         out.append({"role": "assistant", "content": f"⏹ Round {r.index} was stopped. The previous answer stands."})
     return out

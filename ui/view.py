@@ -106,7 +106,7 @@ class TurnView:
             return []
         if self.error is not None:
             return [TurnDone(final=self.base_text, rounds_completed=0, stop_reason="error")]
-        if not self.base_done and self.error is None:
+        if not self.base_done:
             return [ErrorEvent(stage="base", kind=kind, message=message, partial=self.base_text),
                     TurnDone(final=self.base_text, rounds_completed=0,
                              stop_reason="cancelled" if kind == "cancelled" else "error")]

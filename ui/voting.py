@@ -18,7 +18,6 @@ from ui.render import pair_label, pair_value, parse_pair, reveal
 from ui.session import VoteState, comparable_pairs, show, vote_key, with_vote
 
 log = logging.getLogger(__name__)
-CHOICES = ("left", "right", "tie", "both_bad")
 
 
 def start(state: VoteState) -> VoteState:
