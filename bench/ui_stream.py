@@ -3,9 +3,15 @@ backend emits, for 1 and 32 concurrent sessions, and the time the app adds betwe
 the base answer and the first critique token. Targets: ratio ≥ 0.98, added latency ≤ 50 ms.
 
 Three processes, so that none measures itself: the scripted OpenAI-compatible stand-in (a real
-server; it records when it sent each stream's first and last token), `python app.py` against
-it, and this process with one gradio_client per session. Times are CLOCK_MONOTONIC, shared by
-the processes.
+server; it records when it sent each token), `python app.py` against it, and this process with
+one gradio_client per session. Times are CLOCK_MONOTONIC, shared by the processes.
+
+Columns: ratio = (send time of the last token − of the tokens in the client's first update) ÷
+(time the client saw the last token − saw its first update), per session; lag = how long after
+its newest token was sent the client saw each update; gap client = first critique token seen −
+full answer seen; gap server = first critique token sent − last answer token sent; app share =
+that server gap less the CnR request's own time to first token (from the database); app CPU per
+streamed token and the CPU cores the app and the clients used during the run.
 
     python bench/ui_stream.py                      # 1 and 32 sessions, 400 tokens at 200 tok/s each
     python bench/ui_stream.py --sessions 1,8,32 --tokens 800 --delay 0.002
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -90,10 +97,11 @@ def run_session(url: str, prompt: str, ready: threading.Barrier, go: threading.E
     return Session(prompt, updates)
 
 
-def analyse(session: Session, emitted: dict[tuple[str, str], dict], tokens: int) -> dict[str, float]:
+def analyse(session: Session, emitted: dict[tuple[str, str], dict], tokens: int, cnr_ttft: float) -> dict[str, float]:
     """Receive rate ÷ emit rate of the base answer over the same tokens (those after the
     client's first update), how late each update was (vs the send time of its newest token),
-    and the gaps around the answer's end."""
+    and the gaps around the answer's end: as the client sees it, as the stand-in sees it, and
+    the stand-in's gap less the CnR request's own time to first token (the app's share)."""
     sent = emitted[("base", session.prompt)]["times"]
     cnr = next(e for (role, p), e in emitted.items() if role == "cnr" and f"Prompt:\n{session.prompt}\n" in p)
     streaming = [(t, min(n, tokens)) for t, n, critique in session.updates if n and not critique]
@@ -104,7 +112,8 @@ def analyse(session: Session, emitted: dict[tuple[str, str], dict], tokens: int)
     first_critique = next(t for t, _, critique in session.updates if critique)
     return {"ratio": ratio, "received": (tokens - n0) / (full - t0), "emitted": (tokens - 1) / (sent[-1] - sent[0]),
             "lag_ms_median": statistics.median(lags), "lag_ms_max": max(lags),
-            "client_gap_ms": 1000 * (first_critique - full), "server_gap_ms": 1000 * (cnr["times"][0] - sent[-1])}
+            "client_gap_ms": 1000 * (first_critique - full), "server_gap_ms": 1000 * (cnr["times"][0] - sent[-1]),
+            "app_gap_ms": 1000 * (cnr["times"][0] - sent[-1] - cnr_ttft)}
 
 
 def start_app(standin: str, db: Path, concurrency: int) -> tuple[subprocess.Popen, str]:
@@ -133,9 +142,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench(url: str, standin: str, app_pid: int, sessions: int, tokens: int, tag: str) -> tuple[list[dict], float]:
-    """Run `sessions` turns at once; returns each session's figures and the app's CPU seconds
-    spent while they streamed (clients are connected before and not counted)."""
+def bench(url: str, standin: str, app_pid: int, db: Path, sessions: int, tokens: int,
+          tag: str) -> tuple[list[dict], dict[str, float]]:
+    """Run `sessions` turns at once; returns each session's figures, and the CPU the app and
+    these clients used while they streamed (clients connect before, not counted)."""
     prompts = [f"{tag} session {i}" for i in range(sessions)]
     ready, go = threading.Barrier(sessions + 1), threading.Event()
     results: list[Session] = [None] * sessions  # type: ignore[list-item]
@@ -147,13 +157,18 @@ def bench(url: str, standin: str, app_pid: int, sessions: int, tokens: int, tag:
     for t in threads:
         t.start()
     ready.wait()
-    cpu = cpu_seconds(app_pid)
+    cpu, own, wall = cpu_seconds(app_pid), cpu_seconds(os.getpid()), time.monotonic()
     go.set()
     for t in threads:
         t.join()
-    cpu = cpu_seconds(app_pid) - cpu
+    cpu, wall = cpu_seconds(app_pid) - cpu, time.monotonic() - wall
+    clients = (cpu_seconds(os.getpid()) - own) / wall
     emitted = {(e["role"], e["prompt"]): e for e in httpx.get(standin + "/emitted").json()}
-    return [analyse(s, emitted, tokens) for s in results], cpu
+    with sqlite3.connect(db) as connection:  # the loop's time to the CnR model's first token, per turn
+        ttft = dict(connection.execute(
+            "SELECT t.prompt, r.ttft FROM rounds r JOIN turns t ON t.id = r.turn_id WHERE r.round_index = 1"))
+    return [analyse(s, emitted, tokens, ttft[s.prompt]) for s in results], {"app_cpu_s": cpu, "wall_s": wall,
+                                                                            "clients_cpu_share": clients}
 
 
 @click.command()
@@ -174,19 +189,22 @@ def main(sessions: str, tokens: int, delay: float, repeat: int, standin_mode: bo
     assert server.stdout is not None
     standin = server.stdout.readline().strip()
     with tempfile.TemporaryDirectory() as tmp:
-        app, url = start_app(standin, Path(tmp) / "bench.db", max(counts))
+        db = Path(tmp) / "bench.db"
+        app, url = start_app(standin, db, max(counts))
         try:
-            bench(url, standin, app.pid, 1, tokens, "warmup")
+            bench(url, standin, app.pid, db, 1, tokens, "warmup")
             print(f"stand-in: {tokens} tokens per answer, {1 / delay:.0f} tok/s per stream; {os.cpu_count()} CPUs")
             print(f"{'sessions':>8} {'run':>3} {'ratio mean':>10} {'ratio min':>9} {'recv tok/s':>10} "
                   f"{'emit tok/s':>10} {'lag ms med/max':>15} {'gap ms client med/max':>22} "
-                  f"{'gap ms server med/max':>22} {'app CPU µs/token':>16}")
+                  f"{'gap ms server med/max':>22} {'app share':>9} {'app CPU µs/token':>16} "
+                  f"{'CPU cores app/clients':>21}")
             summary = {}
             for n in counts:
                 for run in range(repeat):
-                    rows, cpu = bench(url, standin, app.pid, n, tokens, f"n{n}r{run}")
+                    rows, usage = bench(url, standin, app.pid, db, n, tokens, f"n{n}r{run}")
                     streamed = n * (2 * tokens + 8)  # the answer, then a critique and its revision
-                    cpu_per_token = 1e6 * cpu / streamed
+                    cpu_per_token = 1e6 * usage["app_cpu_s"] / streamed
+                    app_share = usage["app_cpu_s"] / usage["wall_s"]
                     ratios = [r["ratio"] for r in rows]
                     cg, sg = [r["client_gap_ms"] for r in rows], [r["server_gap_ms"] for r in rows]
                     lag_med = statistics.median(r["lag_ms_median"] for r in rows)
@@ -195,12 +213,17 @@ def main(sessions: str, tokens: int, delay: float, repeat: int, standin_mode: bo
                           f"{statistics.mean(r['received'] for r in rows):>10.1f} "
                           f"{statistics.mean(r['emitted'] for r in rows):>10.1f} "
                           f"{lag_med:>7.1f} /{lag_max:>6.0f} {statistics.median(cg):>11.1f} /{max(cg):>8.1f} "
-                          f"{statistics.median(sg):>11.1f} /{max(sg):>8.1f} {cpu_per_token:>16.0f}", flush=True)
+                          f"{statistics.median(sg):>11.1f} /{max(sg):>8.1f} "
+                          f"{statistics.median(r['app_gap_ms'] for r in rows):>9.1f} {cpu_per_token:>16.0f} "
+                          f"{app_share:>11.2f} / {usage['clients_cpu_share']:.2f}", flush=True)
                     summary.setdefault(n, []).append({"ratio_mean": statistics.mean(ratios), "ratio_min": min(ratios),
                                                       "lag_ms_median": lag_med,
                                                       "client_gap_ms_median": statistics.median(cg),
                                                       "server_gap_ms_median": statistics.median(sg),
-                                                      "app_cpu_us_per_token": cpu_per_token})
+                                                      "app_gap_ms_median": statistics.median(
+                                                          r["app_gap_ms"] for r in rows),
+                                                      "app_cpu_us_per_token": cpu_per_token,
+                                                      "app_cpu_cores": app_share})
             print(json.dumps(summary))
         finally:
             app.terminate()

@@ -127,3 +127,16 @@ def test_html_and_script_in_prompts_and_model_output_stay_inert(page: Any, app: 
     }""")
     assert dangerous == []
     assert "You said:" in page.inner_text("#chat")  # the text itself is shown
+
+
+def test_stop_ends_the_turn_and_the_buttons_come_back(page: Any, app: RunningApp) -> None:
+    send(page, "Take your time [slow]")
+    page.wait_for_selector("#stop", state="visible")
+    assert page.is_disabled("#regenerate") and page.is_disabled("#new-chat")
+    page.wait_for_function("() => document.querySelector('#panel').textContent.includes('Round 1')", timeout=30_000)
+    page.click("#stop")
+    page.wait_for_function("() => document.querySelector('#panel').textContent.includes('Stopped by you')")
+    page.wait_for_selector("#send", state="visible")
+    assert page.is_enabled("#regenerate") and page.input_value("#prompt textarea") == ""
+    assert app.rows("SELECT r.status FROM rounds r JOIN turns t ON t.id = r.turn_id "
+                    "WHERE t.prompt = 'Take your time [slow]'") == [("cancelled",)]

@@ -50,10 +50,10 @@ class ChatEvents:
         self.ctx, self.ui = ctx, ui
 
     def _buttons(self, busy: bool) -> Update:
-        """Send or Stop; New chat and typing only between turns (Regenerate refuses during one)."""
+        """Send or Stop; Regenerate, New chat and typing only between turns."""
         ui = self.ui
         return {ui.send: gr.Button(visible=not busy), ui.stop: gr.Button(visible=busy),
-                ui.new_chat: gr.Button(interactive=not busy)}
+                ui.regenerate: gr.Button(interactive=not busy), ui.new_chat: gr.Button(interactive=not busy)}
 
     def _hide_last_turn(self) -> Update:
         return {self.ui.vote_box: gr.Column(visible=False), self.ui.feedback_box: gr.Accordion(visible=False)}
@@ -162,8 +162,9 @@ class ChatEvents:
         generate = dict(concurrency_id="generate", concurrency_limit=self.ctx.generation_limit,
                         show_progress="minimal")
         outputs = [ui.chatbot, ui.panel, ui.chat_state, ui.vote_state, ui.pending]
-        busy_outputs = [ui.send, ui.stop, ui.new_chat, ui.vote_box, ui.feedback_box, ui.prompt]
-        after_outputs = [ui.send, ui.stop, ui.new_chat, *ui.vote_area, *ui.feedback_area, ui.prompt, ui.pending]
+        buttons = [ui.send, ui.stop, ui.regenerate, ui.new_chat]
+        busy_outputs = [*buttons, ui.vote_box, ui.feedback_box, ui.prompt]
+        after_outputs = [*buttons, *ui.vote_area, *ui.feedback_area, ui.prompt, ui.pending]
         ui_only = dict(queue=False, api_visibility="private")
         gr.on([ui.send.click, ui.prompt.submit], self.busy, [ui.prompt], [*busy_outputs, ui.pending], **ui_only).then(
             self.respond, [ui.prompt, *ui.controls, ui.chat_state, ui.pending], outputs, api_name="respond",
