@@ -132,9 +132,16 @@ def main(**options: Any) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "alembic.runtime.plugins"):  # one line per request / per plugin
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from refine.backends.base import BackendError
+    from refine.embedded import EmbeddedModelMissing
     from ui import launch
 
-    demo, ctx = build(settings_from(options))
+    settings = settings_from(options)
+    try:
+        demo, ctx = build(settings)
+    except (BackendError, EmbeddedModelMissing, OSError, ValueError) as exc:  # a model, adapter or database
+        log.debug("start-up failed", exc_info=True)
+        raise click.ClickException(f"cannot start: {exc}") from exc
     launch(demo, ctx)
 
 
