@@ -37,6 +37,6 @@ def launch(demo: gr.Blocks, ctx: AppContext, **overrides: Any) -> Any:
     demo.queue(default_concurrency_limit=1)
     options: dict[str, Any] = dict(
         server_name=s.host, server_port=s.port, share=s.share, run_history=s.run_history, css=CSS,
-        footer_links=["api", "settings"], show_error=False,
+        footer_links=["api", "settings", *(["runs"] if s.run_history else [])], show_error=False,
     )
     return demo.launch(**{**options, **overrides})
