@@ -47,11 +47,11 @@ from tests.test_app_harness import (  # noqa: E402
 class BenchServer(ScriptedServer):
     """The scripted stand-in, plus GET /emitted: what it sent, and when."""
 
-    def _next_reply(self, request: Recorded) -> Reply:
+    def next_reply(self, request: Recorded) -> Reply:
         if request.method == "GET" and request.path == "/emitted":
             with self.script.lock:
                 return json_reply(list(self.script.emitted))
-        return super()._next_reply(request)
+        return super().next_reply(request)
 
 
 def serve_standin(delay: float, pad: int) -> None:

@@ -221,7 +221,8 @@ class StandinServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _next_reply(self, request: Recorded) -> Reply:
+    def next_reply(self, request: Recorded) -> Reply:
+        """The reply to a request (records it first); override to script replies per request."""
         with self._lock:
             self.requests.append(request)
             queue = self._routes.get((request.method, request.path.split("?")[0]))
@@ -232,6 +233,7 @@ class StandinServer:
 
 class _QuietHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's default backlog of 5 makes concurrent clients wait for SYN retries
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], OSError):  # clients hanging up are expected here
@@ -250,7 +252,7 @@ def _handler_for(server: StandinServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
-            reply = server._next_reply(Recorded(self.command, self.path, headers, body))
+            reply = server.next_reply(Recorded(self.command, self.path, headers, body))
             try:
                 self._send(reply)
             except (BrokenPipeError, ConnectionResetError, OSError):

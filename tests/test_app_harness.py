@@ -112,16 +112,13 @@ class ScriptedServer(StandinServer):
     def __init__(self, script: Script) -> None:
         super().__init__()
         self.script = script
-        # socketserver listens with a backlog of 5: more simultaneous connections (8 or 32
-        # sessions) would wait for SYN retries (1 s and more). Listening again raises it.
-        self._httpd.socket.listen(128)
 
-    def _next_reply(self, request: Recorded) -> Reply:
+    def next_reply(self, request: Recorded) -> Reply:
         if request.method == "POST" and request.path.split("?")[0] == CHAT_PATH:
             with self._lock:
                 self.requests.append(request)
             return self.script.reply(request)
-        return super()._next_reply(request)
+        return super().next_reply(request)
 
 
 def free_port() -> int:
