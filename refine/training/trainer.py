@@ -165,8 +165,7 @@ def time_budget_callback(minutes: float) -> Any:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if time.time() - self.started > minutes * 60:
                 log.warning("time budget of %s min reached at step %d: stopping", minutes, state.global_step)
-                control.should_training_stop = True
-                control.should_evaluate = bool(args.eval_strategy != "no")
+                control.should_training_stop = True  # the Trainer then ends the epoch: evaluates
 
     return TimeBudget()
 
