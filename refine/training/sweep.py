@@ -76,6 +76,7 @@ def plot(rows: list[dict[str, Any]], base: dict[str, Any], path: Path) -> None:
             ax.axhline(base[key], color="grey", linestyle="--", label="untuned base, few-shot")
         ax.set_xscale("log")
         ax.set_xticks(xs, [str(x) for x in xs])
+        ax.minorticks_off()
         ax.set_xlabel("training records")
         ax.set_title(label)
         ax.grid(alpha=0.3)
