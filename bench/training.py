@@ -29,7 +29,9 @@ print(json.dumps({k: metrics[k] for k in ("tokens_per_s", "train_tokens", "train
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--grad-accum", type=int, default=4)
     parser.add_argument("--data", default=str(ROOT / "data" / "shepherd" / "records.jsonl"))
@@ -40,12 +42,26 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as out:
                 # a fresh process each: thread count and peak memory are per process
                 done = subprocess.run(
-                    [sys.executable, "-c", CHILD, str(threads), args.data, out, dtype, str(args.steps),
-                     str(args.grad_accum)],
-                    cwd=ROOT, capture_output=True, text=True, check=True,
+                    [
+                        sys.executable,
+                        "-c",
+                        CHILD,
+                        str(threads),
+                        args.data,
+                        out,
+                        dtype,
+                        str(args.steps),
+                        str(args.grad_accum),
+                    ],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    check=True,
                 )
             m = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"{dtype:9} {threads:>7} {m['tokens_per_s']:>9} {m['train_tokens']:>7} {m['peak_memory_mb']:>9}")
+            print(
+                f"{dtype:9} {threads:>7} {m['tokens_per_s']:>9} {m['train_tokens']:>7} {m['peak_memory_mb']:>9}"
+            )
 
 
 if __name__ == "__main__":

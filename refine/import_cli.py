@@ -11,12 +11,22 @@ from refine.records import write_jsonl
 @click.command("import")
 @click.argument("fmt", metavar="FORMAT", type=click.Choice(sorted(IMPORTERS)))
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Records JSONL to write.")
-@click.option("--raw", type=click.Path(exists=True, dir_okay=False),
-              help="Shepherd only: human_data_raw.jsonl (default: beside INPUT).")
-@click.option("--no-change-share", type=click.FloatRange(0, 0.9), default=0.0, show_default=True,
-              help="Add labelled 'Nothing to fix.' records (response = a reference answer) making up this "
-                   "share of the output. Only for records whose revision is a correct reference (Shepherd).")
+@click.option(
+    "--output", "-o", required=True, type=click.Path(dir_okay=False), help="Records JSONL to write."
+)
+@click.option(
+    "--raw",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Shepherd only: human_data_raw.jsonl (default: beside INPUT).",
+)
+@click.option(
+    "--no-change-share",
+    type=click.FloatRange(0, 0.9),
+    default=0.0,
+    show_default=True,
+    help="Add labelled 'Nothing to fix.' records (response = a reference answer) making up this "
+    "share of the output. Only for records whose revision is a correct reference (Shepherd).",
+)
 def command(fmt: str, input_path: str, output: str, raw: str | None, no_change_share: float) -> None:
     """Convert INPUT in a public schema (FORMAT) into Refine's feedback records.
 

@@ -38,8 +38,7 @@ def read_json_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
         raise FileNotFoundError(f"{path}: no such file")
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
-        for index, row in enumerate(json.loads(text), start=1):
-            yield index, row
+        yield from enumerate(json.loads(text), start=1)
         return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -54,7 +53,9 @@ def _field(row: Any, name: str, kind: type | tuple[type, ...], where: str, schem
     if not isinstance(row, dict):
         raise ImportSchemaError(f"{where}: expected a {schema} object, got {type(row).__name__}")
     if name not in row:
-        raise ImportSchemaError(f"{where}: not a row of the {schema} schema: missing field {name!r} (has {sorted(row)})")
+        raise ImportSchemaError(
+            f"{where}: not a row of the {schema} schema: missing field {name!r} (has {sorted(row)})"
+        )
     value = row[name]
     if not isinstance(value, kind):
         raise ImportSchemaError(f"{where}: {schema} field {name!r} has type {type(value).__name__}")
@@ -79,13 +80,20 @@ def helpsteer3_edit(rows: Iterable[tuple[int, Any]], path: str = "<rows>") -> It
         critique = feedback if isinstance(feedback, str) else "\n\n".join(f.strip() for f in feedback if f)
         meta = {k: row[k] for k in ("domain", "language") if k in row}
         yield _record(
-            where, id=str(row.get("id", f"helpsteer3-edit-{number}")), messages=context,
-            response=_field(row, "original_response", str, where, schema), critique=critique,
-            revision=_field(row, "edited_response", str, where, schema), source="helpsteer3-edit", meta=meta,
+            where,
+            id=str(row.get("id", f"helpsteer3-edit-{number}")),
+            messages=context,
+            response=_field(row, "original_response", str, where, schema),
+            critique=critique,
+            revision=_field(row, "edited_response", str, where, schema),
+            source="helpsteer3-edit",
+            meta=meta,
         )
 
 
-def shepherd(rows: Iterable[tuple[int, Any]], raw: dict[str, dict], path: str = "<rows>") -> Iterator[FeedbackRecord]:
+def shepherd(
+    rows: Iterable[tuple[int, Any]], raw: dict[str, dict], path: str = "<rows>"
+) -> Iterator[FeedbackRecord]:
     """Shepherd rows → records; `raw` maps id → human_data_raw row (for `metadata.output_correct`)."""
     schema = "Shepherd"
     for number, row in rows:
@@ -97,11 +105,18 @@ def shepherd(rows: Iterable[tuple[int, Any]], raw: dict[str, dict], path: str = 
         metadata = _field(annotation, "metadata", dict, f"raw annotation {key}", "Shepherd raw")
         reference = _field(metadata, "output_correct", str, f"raw annotation {key} metadata", "Shepherd raw")
         yield _record(
-            where, id=f"shepherd-{key}", prompt=_field(row, "question", str, where, schema),
+            where,
+            id=f"shepherd-{key}",
+            prompt=_field(row, "question", str, where, schema),
             response=_field(row, "answer", str, where, schema).strip(),
-            critique=_field(row, "feedback", str, where, schema), revision=reference, source="shepherd",
-            meta={"dataset": row.get("dataset"), "revision_kind": "reference",
-                  "note": "the revision is a correct reference answer, not an edit of the response"},
+            critique=_field(row, "feedback", str, where, schema),
+            revision=reference,
+            source="shepherd",
+            meta={
+                "dataset": row.get("dataset"),
+                "revision_kind": "reference",
+                "note": "the revision is a correct reference answer, not an edit of the response",
+            },
         )
 
 
@@ -111,9 +126,13 @@ def aligner(rows: Iterable[tuple[int, Any]], path: str = "<rows>") -> Iterator[F
     for number, row in rows:
         where = f"{path}:{number}"
         yield _record(
-            where, id=str(row.get("id", f"aligner-{number}")), prompt=_field(row, "question", str, where, schema),
-            response=_field(row, "answer", str, where, schema), critique=ALIGNER_CRITIQUE,
-            revision=_field(row, "correction", str, where, schema), source="aligner",
+            where,
+            id=str(row.get("id", f"aligner-{number}")),
+            prompt=_field(row, "question", str, where, schema),
+            response=_field(row, "answer", str, where, schema),
+            critique=ALIGNER_CRITIQUE,
+            revision=_field(row, "correction", str, where, schema),
+            source="aligner",
             meta={"critique": "derived: Aligner has no written critique"},
         )
 
@@ -131,11 +150,19 @@ def no_change_records(records: Iterable[FeedbackRecord], share: float) -> list[F
     step = max(1, len(eligible) // max(1, wanted))
     picked = eligible[::step][:wanted]
     return [
-        r.model_copy(update={
-            "id": f"{r.id}-nochange", "response": r.revision, "critique": NOTHING_TO_FIX,
-            "source": f"{r.source}-derived-nochange",
-            "meta": {**r.meta, "derived": "no-change: the response is the reference answer", "parent_id": r.id},
-        })
+        r.model_copy(
+            update={
+                "id": f"{r.id}-nochange",
+                "response": r.revision,
+                "critique": NOTHING_TO_FIX,
+                "source": f"{r.source}-derived-nochange",
+                "meta": {
+                    **r.meta,
+                    "derived": "no-change: the response is the reference answer",
+                    "parent_id": r.id,
+                },
+            }
+        )
         for r in picked
     ]
 

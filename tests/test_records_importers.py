@@ -19,11 +19,14 @@ GOOD = {"id": "a", "prompt": "2+2?", "response": "5", "critique": "Wrong sum.", 
 
 
 def _jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
+    )
     return path
 
 
 # --- records -------------------------------------------------------------------------------
+
 
 def test_valid_jsonl(tmp_path: Path) -> None:
     chat = {**GOOD, "id": 7, "prompt": None, "messages": [{"role": "user", "content": "Hi"}]}
@@ -34,13 +37,16 @@ def test_valid_jsonl(tmp_path: Path) -> None:
 
 
 def test_invalid_jsonl_reports_every_line_and_refuses(tmp_path: Path) -> None:
-    path = _jsonl(tmp_path / "r.jsonl", [
-        GOOD,
-        "{not json",
-        {k: v for k, v in GOOD.items() if k != "critique"},
-        {**GOOD, "prompt": None, "messages": [{"role": "assistant", "content": "x"}]},
-        [1, 2],
-    ])
+    path = _jsonl(
+        tmp_path / "r.jsonl",
+        [
+            GOOD,
+            "{not json",
+            {k: v for k, v in GOOD.items() if k != "critique"},
+            {**GOOD, "prompt": None, "messages": [{"role": "assistant", "content": "x"}]},
+            [1, 2],
+        ],
+    )
     with pytest.raises(InvalidRecordsError) as info:
         read_records(path)
     problems = {p.line: p.reason for p in info.value.problems}
@@ -62,7 +68,7 @@ def test_skip_invalid_keeps_the_good_lines(tmp_path: Path) -> None:
 def test_csv_valid_and_invalid(tmp_path: Path) -> None:
     good = tmp_path / "good.csv"
     good.write_text(
-        'id,messages,response,critique,revision\n'
+        "id,messages,response,critique,revision\n"
         '1,"[{""role"": ""user"", ""content"": ""Hi""}]",Hello,Too short.,"Hello! How can I help?"\n',
         encoding="utf-8",
     )
@@ -78,10 +84,13 @@ def test_csv_valid_and_invalid(tmp_path: Path) -> None:
 # --- importers -----------------------------------------------------------------------------
 
 HELPSTEER3_EDIT = {
-    "domain": "general", "language": "english",
-    "context": [{"role": "user", "content": "Write a haiku about rain."},
-                {"role": "assistant", "content": "Rain falls."},
-                {"role": "user", "content": "Make it 5-7-5."}],
+    "domain": "general",
+    "language": "english",
+    "context": [
+        {"role": "user", "content": "Write a haiku about rain."},
+        {"role": "assistant", "content": "Rain falls."},
+        {"role": "user", "content": "Make it 5-7-5."},
+    ],
     "original_response": "Rain falls on the roof\nsoftly\nthe end",
     "feedback": ["The second line has 2 syllables, not 7.", "The last line is not a haiku line."],
     "edited_response": "Rain taps on the roof\nsoftly the gutters whisper\nthe garden drinks deep",
@@ -99,19 +108,37 @@ def test_helpsteer3_edit(tmp_path: Path) -> None:
 
 
 def test_aligner(tmp_path: Path) -> None:
-    row = {"question": "Is it safe to eat raw chicken?", "answer": "Yes, it is fine.",
-           "correction": "No: raw chicken can carry Salmonella; cook it to 74 °C."}
+    row = {
+        "question": "Is it safe to eat raw chicken?",
+        "answer": "Yes, it is fine.",
+        "correction": "No: raw chicken can carry Salmonella; cook it to 74 °C.",
+    }
     [record] = import_file("aligner", _jsonl(tmp_path / "a.jsonl", [row]))
     assert record.prompt == row["question"] and record.revision == row["correction"]
     assert "derived" in record.meta["critique"]
 
 
-SHEPHERD_ROWS = [{"id": 0, "dataset": "GSM8K", "question": "Ann has 3 pens and buys 2. How many?",
-                  "answer": "3 + 2 = 6. The answer is 6.\n\n", "feedback": "3 + 2 is 5, not 6."}]
-SHEPHERD_RAW = [{"id": 0, "dataset": "GSM8K", "latestLabel": {},
-                 "metadata": {"context": "Ann has 3 pens and buys 2. How many?",
-                              "output_candidate": "3 + 2 = 6. The answer is 6.\n\n",
-                              "output_correct": "Ann has 3 + 2 = 5 pens. The answer is 5"}}]
+SHEPHERD_ROWS = [
+    {
+        "id": 0,
+        "dataset": "GSM8K",
+        "question": "Ann has 3 pens and buys 2. How many?",
+        "answer": "3 + 2 = 6. The answer is 6.\n\n",
+        "feedback": "3 + 2 is 5, not 6.",
+    }
+]
+SHEPHERD_RAW = [
+    {
+        "id": 0,
+        "dataset": "GSM8K",
+        "latestLabel": {},
+        "metadata": {
+            "context": "Ann has 3 pens and buys 2. How many?",
+            "output_candidate": "3 + 2 = 6. The answer is 6.\n\n",
+            "output_correct": "Ann has 3 + 2 = 5 pens. The answer is 5",
+        },
+    }
+]
 
 
 def test_shepherd_joins_reference_answers(tmp_path: Path) -> None:
@@ -137,8 +164,15 @@ def test_no_change_records_are_labelled(tmp_path: Path) -> None:
     [derived] = no_change_records(records * 9, share=0.1)
     assert derived.critique == NOTHING_TO_FIX and derived.response == derived.revision == records[0].revision
     assert derived.source == "shepherd-derived-nochange" and derived.meta["parent_id"] == "shepherd-0"
-    assert no_change_records(import_file("aligner", _jsonl(tmp_path / "a.jsonl", [
-        {"question": "q", "answer": "a", "correction": "c"}])), share=0.5) == []
+    assert (
+        no_change_records(
+            import_file(
+                "aligner", _jsonl(tmp_path / "a.jsonl", [{"question": "q", "answer": "a", "correction": "c"}])
+            ),
+            share=0.5,
+        )
+        == []
+    )
 
 
 @pytest.mark.parametrize("fmt", ["helpsteer3-edit", "aligner"])

@@ -18,8 +18,11 @@ pytestmark = pytest.mark.slow
 def _records(n: int = 8) -> list[FeedbackRecord]:
     return [
         FeedbackRecord(
-            id=f"r{i}", prompt=f"What is {i} + {i}?", response=f"{i} + {i} = {i + 1}.",
-            critique=f"The sum is wrong: {i} + {i} is {2 * i}.", revision=f"{i} + {i} = {2 * i}.",
+            id=f"r{i}",
+            prompt=f"What is {i} + {i}?",
+            response=f"{i} + {i} = {i + 1}.",
+            critique=f"The sum is wrong: {i} + {i} is {2 * i}.",
+            revision=f"{i} + {i} = {2 * i}.",
         )
         for i in range(n)
     ]
@@ -33,11 +36,24 @@ def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(data: Path, tiny: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(data=str(data), output=str(out), base_model=str(tiny), heldout_share=0.0, epochs=3,
-                batch_size=2, grad_accum=1, learning_rate=5e-3, warmup_steps=0, lora_r=4, lora_alpha=8,
-                max_length=256, logging_steps=1, save_steps=4, dtype="float32")
-    base.update(kw)
-    return TrainConfig(**base)
+    base = {
+        "data": str(data),
+        "output": str(out),
+        "base_model": str(tiny),
+        "heldout_share": 0.0,
+        "epochs": 3,
+        "batch_size": 2,
+        "grad_accum": 1,
+        "learning_rate": 5e-3,
+        "warmup_steps": 0,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "max_length": 256,
+        "logging_steps": 1,
+        "save_steps": 4,
+        "dtype": "float32",
+    }
+    return TrainConfig(**{**base, **kw})
 
 
 class _StopAt:
@@ -87,7 +103,7 @@ def resumed_run(data_file: Path, tiny_model_dir: Path, tmp_path_factory: pytest.
 
 
 def test_resume_continues_at_the_right_step(resumed_run) -> None:
-    out, result, first_step = resumed_run
+    _, result, first_step = resumed_run
     assert result.metrics["resumed_from"].endswith("checkpoint-4")
     assert first_step == 5  # step 5 is the first one run after resuming from step 4
     assert result.metrics["global_step"] == 12  # 3 epochs x 8 records / batch 2
@@ -101,11 +117,19 @@ def test_loss_goes_down(resumed_run) -> None:
 
 
 def test_run_folder_contents(resumed_run) -> None:
-    out, result, _ = resumed_run
-    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "settings.json",
-                 "split.json", "heldout.jsonl", "metrics.json", "README.md"):
+    out, _, _ = resumed_run
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "settings.json",
+        "split.json",
+        "heldout.jsonl",
+        "metrics.json",
+        "README.md",
+    ):
         assert (out / name).exists(), name
-    assert json.loads((out / "split.json").read_text())["train"].__len__() == 8
+    assert len(json.loads((out / "split.json").read_text())["train"]) == 8
     assert TrainConfig.load(out / "settings.json").resume is True
     card = (out / "README.md").read_text()
     assert "python -m refine train" in card and "train_loss" in card
@@ -134,8 +158,16 @@ def test_adapter_loads_into_local_backend_and_generates(resumed_run, tiny_model_
 def test_snapshots_after_n_records(data_file: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     from refine.training.trainer import train
 
-    config = _config(data_file, tiny_model_dir, tmp_path, epochs=1, batch_size=1, grad_accum=2,
-                     snapshot_records=[4], save_steps=None)
+    config = _config(
+        data_file,
+        tiny_model_dir,
+        tmp_path,
+        epochs=1,
+        batch_size=1,
+        grad_accum=2,
+        snapshot_records=[4],
+        save_steps=None,
+    )
     train(config)
     snap = tmp_path / "snapshots" / "n4"
     assert (snap / "adapter_model.safetensors").exists()
@@ -155,7 +187,9 @@ def test_prompt_tokens_carry_no_loss(data_file: Path, tiny_model_dir: Path, tmp_
     trainer = build_trainer(config, split_records(records, heldout_share=0.0))
     local = LocalModel(model=str(tiny_model_dir))
     local.close()
-    by_prompt = {tuple(local.encode(cnr_messages(r.chat(), r.response))["input_ids"][0].tolist()): r for r in records}
+    by_prompt = {
+        tuple(local.encode(cnr_messages(r.chat(), r.response))["input_ids"][0].tolist()): r for r in records
+    }
     seen = 0
     for example in trainer.train_dataset:
         ids, labels = example["input_ids"], example["labels"]
@@ -184,9 +218,21 @@ def test_sweep_and_evaluate_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     write_jsonl(data, _records(16))
     out = tmp_path / "sweep"
     out.mkdir()
-    _config(data, tiny_model_dir, out, heldout_share=0.3, epochs=1, batch_size=1, grad_accum=2,
-            save_steps=None).save(out / "settings.json")
-    args = ["--data", str(data), "--output", str(out), "--sizes", "2,4", "--limit", "2", "--max-new-tokens", "4"]
+    _config(
+        data, tiny_model_dir, out, heldout_share=0.3, epochs=1, batch_size=1, grad_accum=2, save_steps=None
+    ).save(out / "settings.json")
+    args = [
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        "--sizes",
+        "2,4",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+    ]
     result = CliRunner().invoke(sweep_command, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "sweep.json").read_text())
@@ -198,9 +244,21 @@ def test_sweep_and_evaluate_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     again = CliRunner().invoke(sweep_command, args)
     assert again.exit_code == 0 and "reusing the finished run" in again.output
 
-    result = CliRunner().invoke(evaluate_command, [
-        "--data", str(out / "heldout.jsonl"), "--model", str(out), "--limit", "1", "--max-new-tokens", "4",
-        "--output", str(tmp_path / "eval.json")])
+    result = CliRunner().invoke(
+        evaluate_command,
+        [
+            "--data",
+            str(out / "heldout.jsonl"),
+            "--model",
+            str(out),
+            "--limit",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--output",
+            str(tmp_path / "eval.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     [row] = json.loads((tmp_path / "eval.json").read_text())
     assert {"loss", "perplexity", "parse_rate", "nothing_to_fix_share", "mean_critique_chars"} <= set(row)

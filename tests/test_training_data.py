@@ -17,7 +17,7 @@ GOOD = {"id": "a", "prompt": "2+2?", "response": "5", "critique": "Wrong sum.", 
 
 @pytest.fixture(autouse=True)
 def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
-    import refine.training.trainer as trainer
+    from refine.training import trainer
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded although the data is bad")
@@ -25,12 +25,15 @@ def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trainer, "load_base", refuse)
 
 
-@pytest.mark.parametrize("content, message", [
-    ("", "no records"),
-    ("\n\n", "no records"),
-    (json.dumps(GOOD) + "\n{broken\n", ":2: not valid JSON"),
-    (json.dumps({**GOOD, "revision": ""}) + "\n", ":1: revision"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "no records"),
+        ("\n\n", "no records"),
+        (json.dumps(GOOD) + "\n{broken\n", ":2: not valid JSON"),
+        (json.dumps({**GOOD, "revision": ""}) + "\n", ":1: revision"),
+    ],
+)
 @pytest.mark.parametrize("cli", ["train", "sweep"])
 def test_bad_data_is_refused_before_training(tmp_path: Path, content: str, message: str, cli: str) -> None:
     from refine.training.cli import command as train_command
@@ -50,8 +53,10 @@ def test_missing_files_are_refused(tmp_path: Path) -> None:
 
     good = tmp_path / "good.jsonl"
     good.write_text(json.dumps(GOOD) + "\n", encoding="utf-8")
-    for args in (["--data", str(tmp_path / "nope.jsonl")],
-                 ["--data", str(good), "--eval-data", str(tmp_path / "nope.jsonl")]):
+    for args in (
+        ["--data", str(tmp_path / "nope.jsonl")],
+        ["--data", str(good), "--eval-data", str(tmp_path / "nope.jsonl")],
+    ):
         result = CliRunner().invoke(command, [*args, "--output", str(tmp_path / "out")])
         assert result.exit_code == 1 and "no such records file" in result.output
 

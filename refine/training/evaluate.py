@@ -54,14 +54,22 @@ def _prompt_and_target_ids(tokenizer: Any, record: Any, few_shot: bool) -> tuple
 
     prompt = cnr_messages(record.chat(), record.response, few_shot=few_shot)
     answer = {"role": "assistant", "content": cnr_target(record.critique, record.revision, record.response)}
-    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"]
+    prompt_ids = tokenizer.apply_chat_template(
+        prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
     full_ids = tokenizer.apply_chat_template([*prompt, answer], tokenize=True, return_dict=True)["input_ids"]
-    return list(prompt_ids), list(full_ids[len(prompt_ids):])
+    return list(prompt_ids), list(full_ids[len(prompt_ids) :])
 
 
-def target_loss(model: Any, tokenizer: Any, records: list[Any], *, few_shot: bool = False,
-                batch_size: int = 8, max_length: int = 1024) -> dict[str, float]:
+def target_loss(
+    model: Any,
+    tokenizer: Any,
+    records: list[Any],
+    *,
+    few_shot: bool = False,
+    batch_size: int = 8,
+    max_length: int = 1024,
+) -> dict[str, float]:
     """Token-weighted mean negative log-likelihood of the reference targets, and perplexity."""
     import torch
 
@@ -70,25 +78,35 @@ def target_loss(model: Any, tokenizer: Any, records: list[Any], *, few_shot: boo
     total, count = 0.0, 0
     pad = tokenizer.pad_token_id
     for start in range(0, len(pairs), batch_size):
-        batch = [(p + t)[-max_length:] for p, t in pairs[start:start + batch_size]]
-        labels = [([-100] * len(p) + t)[-max_length:] for p, t in pairs[start:start + batch_size]]
+        batch = [(p + t)[-max_length:] for p, t in pairs[start : start + batch_size]]
+        labels = [([-100] * len(p) + t)[-max_length:] for p, t in pairs[start : start + batch_size]]
         width = max(len(ids) for ids in batch)
         ids = torch.tensor([x + [pad] * (width - len(x)) for x in batch])
         mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch])
         lab = torch.tensor([x + [-100] * (width - len(x)) for x in labels])
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+            logits = model(
+                input_ids=ids.to(model.device), attention_mask=mask.to(model.device)
+            ).logits.float()
         shift = lab[:, 1:].to(logits.device)
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), shift, ignore_index=-100,
-                                                reduction="sum")
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), shift, ignore_index=-100, reduction="sum"
+        )
         total += nll.item()
         count += int((shift != -100).sum())
     loss = total / max(count, 1)
     return {"loss": round(loss, 4), "perplexity": round(math.exp(loss), 2), "target_tokens": count}
 
 
-def generate(model: Any, tokenizer: Any, records: list[Any], *, few_shot: bool = False,
-             max_new_tokens: int = 192, batch_size: int = 8) -> list[dict[str, Any]]:
+def generate(
+    model: Any,
+    tokenizer: Any,
+    records: list[Any],
+    *,
+    few_shot: bool = False,
+    max_new_tokens: int = 192,
+    batch_size: int = 8,
+) -> list[dict[str, Any]]:
     """Greedy CnR generations for `records`, batched with left padding."""
     import torch
 
@@ -98,18 +116,37 @@ def generate(model: Any, tokenizer: Any, records: list[Any], *, few_shot: bool =
     out: list[dict[str, Any]] = []
     eos = tokenizer.eos_token_id
     for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        prompts = [tokenizer.apply_chat_template(cnr_messages(r.chat(), r.response, few_shot=few_shot),
-                                                 add_generation_prompt=True, tokenize=False) for r in chunk]
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        chunk = records[start : start + batch_size]
+        prompts = [
+            tokenizer.apply_chat_template(
+                cnr_messages(r.chat(), r.response, few_shot=few_shot),
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for r in chunk
+        ]
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            model.device
+        )
         with torch.inference_mode():
-            ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
-        for record, row in zip(chunk, ids[:, inputs["input_ids"].shape[1]:].tolist(), strict=True):
+            ids = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos,
+            )
+        for record, row in zip(chunk, ids[:, inputs["input_ids"].shape[1] :].tolist(), strict=True):
             ended = eos in row
             row = row[: row.index(eos)] if ended else row
-            out.append({"id": record.id, "output": tokenizer.decode(row, skip_special_tokens=True),
-                        "tokens": len(row), "stopped": ended})
+            out.append(
+                {
+                    "id": record.id,
+                    "output": tokenizer.decode(row, skip_special_tokens=True),
+                    "tokens": len(row),
+                    "stopped": ended,
+                }
+            )
     return out
 
 
@@ -134,19 +171,41 @@ def generation_metrics(outputs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def evaluate_model(ref: str, records: list[Any], *, base_model: str = "", limit: int = 40,
-                   max_new_tokens: int = 192, batch_size: int = 8,
-                   samples: Path | None = None) -> dict[str, Any]:
+def evaluate_model(
+    ref: str,
+    records: list[Any],
+    *,
+    base_model: str = "",
+    limit: int = 40,
+    max_new_tokens: int = 192,
+    batch_size: int = 8,
+    samples: Path | None = None,
+) -> dict[str, Any]:
     """Loss on all `records` and generation metrics on the first `limit` of them, for one model."""
     from refine.backends.local import load_model_and_tokenizer
 
     spec = resolve_model(ref, base_model)
     model, tokenizer = load_model_and_tokenizer(spec.base_model, adapter=spec.adapter)
     started = time.time()
-    result: dict[str, Any] = {"model": spec.name, "path": ref, "few_shot": spec.few_shot, "records": len(records)}
+    result: dict[str, Any] = {
+        "model": spec.name,
+        "path": ref,
+        "few_shot": spec.few_shot,
+        "records": len(records),
+    }
     result.update(target_loss(model, tokenizer, records, few_shot=spec.few_shot, batch_size=batch_size))
-    outputs = generate(model, tokenizer, records[:limit], few_shot=spec.few_shot,
-                       max_new_tokens=max_new_tokens, batch_size=batch_size) if limit > 0 else []
+    outputs = (
+        generate(
+            model,
+            tokenizer,
+            records[:limit],
+            few_shot=spec.few_shot,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+        if limit > 0
+        else []
+    )
     result.update(generation_metrics(outputs))
     result["max_new_tokens"] = max_new_tokens
     result["seconds"] = round(time.time() - started, 1)
@@ -158,8 +217,18 @@ def evaluate_model(ref: str, records: list[Any], *, base_model: str = "", limit:
     return result
 
 
-COLUMNS = ("model", "records", "loss", "perplexity", "generated", "parse_rate", "nothing_to_fix_share",
-           "mean_critique_chars", "mean_revision_chars", "hit_max_new_tokens")
+COLUMNS = (
+    "model",
+    "records",
+    "loss",
+    "perplexity",
+    "generated",
+    "parse_rate",
+    "nothing_to_fix_share",
+    "mean_critique_chars",
+    "mean_revision_chars",
+    "hit_max_new_tokens",
+)
 
 
 def markdown_table(results: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
@@ -171,17 +240,33 @@ def markdown_table(results: list[dict[str, Any]], columns: tuple[str, ...] = COL
 
 @click.command("evaluate-model")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Held-out records (JSONL/CSV).")
-@click.option("--model", "models", required=True, multiple=True,
-              help="A run folder from `refine train`, or 'base' (the untuned model, few-shot). Repeatable.")
+@click.option(
+    "--model",
+    "models",
+    required=True,
+    multiple=True,
+    help="A run folder from `refine train`, or 'base' (the untuned model, few-shot). Repeatable.",
+)
 @click.option("--baseline", "baselines", multiple=True, help="More models to compare against (e.g. base).")
 @click.option("--base-model", default="", help='Base for "base" (default: the embedded model).')
-@click.option("--limit", type=int, default=40, show_default=True, help="Records used for the generation metrics.")
+@click.option(
+    "--limit", type=int, default=40, show_default=True, help="Records used for the generation metrics."
+)
 @click.option("--max-new-tokens", type=int, default=192, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
 @click.option("--samples-dir", type=click.Path(file_okay=False), help="Write each model's generations here.")
-def command(data: str, models: tuple[str, ...], baselines: tuple[str, ...], base_model: str, limit: int,
-            max_new_tokens: int, batch_size: int, output: str | None, samples_dir: str | None) -> None:
+def command(
+    data: str,
+    models: tuple[str, ...],
+    baselines: tuple[str, ...],
+    base_model: str,
+    limit: int,
+    max_new_tokens: int,
+    batch_size: int,
+    output: str | None,
+    samples_dir: str | None,
+) -> None:
     """Score CnR models on held-out records: target loss/perplexity, parse rate, "nothing to
     fix" share and lengths; prints a table, and JSON with --output."""
     try:
@@ -192,10 +277,21 @@ def command(data: str, models: tuple[str, ...], baselines: tuple[str, ...], base
     for i, ref in enumerate((*models, *baselines)):
         samples = Path(samples_dir) / f"{i}-{Path(ref).name}.jsonl" if samples_dir else None
         click.echo(f"evaluating {ref} …", err=True)
-        results.append(evaluate_model(ref, records, base_model=base_model, limit=limit,
-                                      max_new_tokens=max_new_tokens, batch_size=batch_size, samples=samples))
+        results.append(
+            evaluate_model(
+                ref,
+                records,
+                base_model=base_model,
+                limit=limit,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                samples=samples,
+            )
+        )
     click.echo(markdown_table(results))
-    click.echo(f"\nloss over all {len(records)} records; generation metrics over the first "
-               f"{min(limit, len(records))} (greedy, max {max_new_tokens} new tokens)")
+    click.echo(
+        f"\nloss over all {len(records)} records; generation metrics over the first "
+        f"{min(limit, len(records))} (greedy, max {max_new_tokens} new tokens)"
+    )
     if output:
         Path(output).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

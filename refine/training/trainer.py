@@ -32,9 +32,16 @@ class TrainResult:
 def prepare_split(config: TrainConfig) -> DataSplit:
     """Read and split the data — every data error surfaces here, before any model loads."""
     records = load_records(config.data, skip_invalid=config.skip_invalid)
-    eval_records = load_records(config.eval_data, skip_invalid=config.skip_invalid) if config.eval_data else None
-    return split_records(records, eval_records=eval_records, heldout_share=config.heldout_share,
-                         limit=config.limit, seed=config.seed)
+    eval_records = (
+        load_records(config.eval_data, skip_invalid=config.skip_invalid) if config.eval_data else None
+    )
+    return split_records(
+        records,
+        eval_records=eval_records,
+        heldout_share=config.heldout_share,
+        limit=config.limit,
+        seed=config.seed,
+    )
 
 
 def _use_bf16(config: TrainConfig) -> bool:
@@ -108,7 +115,9 @@ def load_base(config: TrainConfig) -> tuple[Any, Any]:
         if config.full or gguf:
             raise ValueError("--load-in-4bit is QLoRA on a safetensors model: not with --full or a GGUF file")
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["device_map"] = {"": PartialState().local_process_index}
@@ -126,8 +135,13 @@ def lora_config(config: TrainConfig) -> Any:
     targets: Any = config.target_modules
     if targets == ["all-linear"]:
         targets = "all-linear"
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
 
 
 def snapshot_callback(config: TrainConfig, folder: Path) -> Any:
@@ -146,7 +160,8 @@ def snapshot_callback(config: TrainConfig, folder: Path) -> Any:
                 target = folder / f"n{records}"
                 model.save_pretrained(str(target))
                 replace(config, output=str(target), limit=records, snapshot_records=[]).save(
-                    target / "settings.json")
+                    target / "settings.json"
+                )
 
     return Snapshots()
 
@@ -183,8 +198,11 @@ def build_trainer(config: TrainConfig, split: DataSplit, callbacks: list[Any] | 
         eval_dataset=to_dataset(split.heldout) if split.heldout else None,
         processing_class=tokenizer,
         peft_config=None if config.full else lora_config(config),
-        callbacks=[*(callbacks or []), snapshot_callback(config, Path(config.output) / "snapshots"),
-                   *([time_budget_callback(config.time_budget_min)] if config.time_budget_min else [])],
+        callbacks=[
+            *(callbacks or []),
+            snapshot_callback(config, Path(config.output) / "snapshots"),
+            *([time_budget_callback(config.time_budget_min)] if config.time_budget_min else []),
+        ],
     )
 
 
@@ -223,7 +241,9 @@ def save_model(trainer: Any, config: TrainConfig, output: Path) -> None:
     trainer.processing_class.save_pretrained(str(output))
 
 
-def train(config: TrainConfig, callbacks: list[Any] | None = None, split: DataSplit | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, callbacks: list[Any] | None = None, split: DataSplit | None = None
+) -> TrainResult:
     """Fine-tune a CnR model as configured and write the run folder (`split`: already prepared)."""
     from refine.training.card import write_model_card
 
