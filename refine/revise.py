@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from refine.aio import as_finished
 from refine.backends import BackendPool, cnr_few_shot, generation_params
 from refine.cli_options import model_options, settings_from
 from refine.cnr_format import FORMAT_VERSION
@@ -107,13 +108,8 @@ async def revise_rows(
             error = next((f"{e.kind}: {e.message}" for e in events if isinstance(e, ErrorEvent) and e.stage == "base"), None)
             return rid, output_row(row, rid, events), error
 
-    tasks = [asyncio.create_task(one(rid, row)) for rid, row in rows]
-    try:
-        for finished in asyncio.as_completed(tasks):
-            yield await finished
-    finally:
-        for task in tasks:
-            task.cancel()
+    async for result in as_finished(one(rid, row) for rid, row in rows):
+        yield result
 
 
 async def _run(rows: list[tuple[str, PromptRow]], settings: Settings, output: Path, db_url: str | None) -> int:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
+from refine.aio import as_finished
 from refine.backends import BackendPool
 from refine.backends.base import Backend, BackendError, GenerationParams, Message
 from refine.judging.prompt import judge_messages, prompt_version
@@ -189,13 +190,8 @@ async def judge_pairs(pairs: list[Pair], backend: Backend, params: GenerationPar
                 return pair, None, f"{err.kind}: {err.message}"
         return pair, verdict_row(pair, outcome, orders), None
 
-    tasks = [asyncio.create_task(one(pair)) for pair in pairs]
-    try:
-        for finished in asyncio.as_completed(tasks):
-            yield await finished
-    finally:
-        for task in tasks:
-            task.cancel()
+    async for result in as_finished(one(pair) for pair in pairs):
+        yield result
 
 
 def _check_same_judge(rows: list[dict[str, Any]], spec: JudgeSpec, path: Path) -> None:
