@@ -78,6 +78,7 @@ def build(settings: Settings) -> Any:
     from db import open_database
     from refine import space_backup
     from refine.backends import BackendPool
+    from refine.selection import build_selector
     from ui import AppContext, build_app
 
     settings = with_model_fallback(settings)
@@ -101,7 +102,10 @@ def build(settings: Settings) -> Any:
     if banner:
         log.warning("no REFINE_DATABASE_URL and no REFINE_BACKUP_REPO: collected data is lost when the Space restarts")
     pool = BackendPool(settings)
-    ctx = AppContext(settings=settings, engine=engine, base=pool.get("base"), cnr=pool.get("cnr"), banner=banner)
+    # A judge is offered as selector when one is configured (REFINE_SELECT=judge or a judge model/URL).
+    judged = settings.select == "judge" or bool(settings.judge_url or settings.judge_model)
+    ctx = AppContext(settings=settings, engine=engine, base=pool.get("base"), cnr=pool.get("cnr"), banner=banner,
+                     selector=build_selector(settings.model_copy(update={"select": "judge"}), pool) if judged else None)
     log.info("base model %s, CnR model %s, %d generation(s) at once",
              ctx.base.model_id, ctx.cnr.model_id, ctx.generation_limit)
     return build_app(ctx), ctx

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-ROUND_STATUSES = ("complete", "failed", "cancelled")
+ROUND_STATUSES = ("complete", "rejected", "failed", "cancelled")
 CHOICES = ("left", "right", "tie", "both_bad")
 
 
@@ -77,11 +77,18 @@ class Turn(Base):
     ttft: Mapped[float | None] = mapped_column(Float)
     duration: Mapped[float] = mapped_column(Float, default=0.0)
     tokens: Mapped[int] = mapped_column(Integer, default=0)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))  # stop, length, looping, …
+    thinking: Mapped[str | None] = mapped_column(Text)  # the base model's reasoning, kept apart
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Round(Base):
-    """One critique-and-revise round of a turn; `round_index` starts at 1."""
+    """One critique-and-revise round of a turn; `round_index` starts at 1.
+
+    status complete: `revision` is the answer from this round on; rejected: an acceptance rule
+    (`rejection`, explained in `error`) kept the previous answer and `revision` is the rejected
+    text; failed/cancelled: `revision` is partial. `candidates` lists every sampled candidate
+    when there were several or a selector ran (see refine.events.Candidate)."""
 
     __tablename__ = "rounds"
     __table_args__ = (
@@ -96,8 +103,11 @@ class Round(Base):
     model: Mapped[str] = mapped_column(String(512))
     adapter: Mapped[str | None] = mapped_column(String(512))
     critique: Mapped[str] = mapped_column(Text)
-    revision: Mapped[str] = mapped_column(Text)  # partial text unless status is complete
+    revision: Mapped[str] = mapped_column(Text)  # the answer only when status is complete
     status: Mapped[str] = mapped_column(String(16))
+    rejection: Mapped[str | None] = mapped_column(String(32))  # the acceptance rule that failed
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    candidates: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     stop_reason: Mapped[str | None] = mapped_column(String(32))
     nothing_to_fix: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)

@@ -35,7 +35,8 @@ class EventRecorder:
     def feed(self, event: Event) -> None:
         """Store what `event` completes, if anything."""
         if isinstance(event, BaseDone):
-            self._turn(answer=event.text, model=event.model, given=event.given, timing=event.timing)
+            self._turn(answer=event.text, model=event.model, given=event.given, timing=event.timing,
+                       finish_reason=event.finish_reason, thinking=event.thinking)
         elif isinstance(event, ErrorEvent) and event.stage == "base":
             self._turn(answer=event.partial, model=self.model, error=f"{event.kind}: {event.message}")
         elif isinstance(event, RoundDone):

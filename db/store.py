@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from db.engine import session_factory, write_connection, write_session
 from db.errors import InvalidInput
-from db.models import CHOICES, Conversation, Feedback, Round, Turn, Vote, high_score, utcnow
+from db.models import CHOICES, ROUND_STATUSES, Conversation, Feedback, Round, Turn, Vote, high_score, utcnow
 from refine.events import RoundDone, StopReason, Timing
 from refine.records import PromptRow
 
@@ -88,11 +88,13 @@ def create_conversation(engine: Engine) -> int:
 def record_turn(engine: Engine, *, answer: str, model: str, backend: str, prompt: str | None = None,
                 messages: Sequence[dict[str, str]] | None = None, given: bool = False,
                 timing: Timing | None = None, error: str | None = None,
-                conversation_id: int | None = None) -> int:
+                conversation_id: int | None = None, finish_reason: str | None = None,
+                thinking: str | None = None) -> int:
     """Store a turn once its base answer has ended; returns the turn id.
 
     Give the prompt as `prompt` or as chat `messages` ending with the user's turn. `error` marks a
-    base answer that failed (`answer` then holds its partial text). Without `conversation_id`
+    base answer that failed (`answer` then holds its partial text). `finish_reason` says why the
+    answer ended (stop, length, looping, …); `thinking` is reasoning kept apart from it. Without `conversation_id`
     the turn starts a new conversation; otherwise it becomes that conversation's next turn.
     """
     chat = chat_messages(prompt, messages)
@@ -100,6 +102,8 @@ def record_turn(engine: Engine, *, answer: str, model: str, backend: str, prompt
         prompt=chat[-1]["content"], messages=chat, answer=_text("answer", answer),
         model=_text("model", model, MAX_NAME_CHARS), backend=_text("backend", backend, 32),
         given=bool(given), error=_text("error", error, optional=True),
+        finish_reason=_text("finish_reason", finish_reason, 16, optional=True),
+        thinking=_text("thinking", thinking, optional=True) or None,
     )
     timing = timing or Timing()
     with write_session(engine) as session:
@@ -122,11 +126,25 @@ def record_turn(engine: Engine, *, answer: str, model: str, backend: str, prompt
         return turn.id
 
 
+def _candidates(done: RoundDone) -> list[dict[str, Any]] | None:
+    """The candidates worth storing apart: all of them when there were several or a selector
+    judged them (their verdicts), else None (the round's own columns say everything)."""
+    if len(done.candidates) <= 1 and not any(c.verdicts for c in done.candidates):
+        return None
+    return [
+        {"critique": _text("critique", c.critique), "revision": _text("revision", c.revision), "status": c.status,
+         "nothing_to_fix": c.nothing_to_fix, "rejection": c.rejection, "detail": c.detail,
+         "finish_reason": c.finish_reason, "verdicts": list(c.verdicts), "tokens": c.timing.tokens,
+         "duration": c.timing.duration, "chosen": i == done.chosen}
+        for i, c in enumerate(done.candidates)
+    ]
+
+
 def record_round(engine: Engine, turn_id: int, done: RoundDone, *, adapter: str | None = None) -> int:
-    """Store a round once it has ended (complete, failed or cancelled, with its partial text);
+    """Store a round once it has ended (complete, rejected, failed or cancelled, with its text);
     returns the round id. `adapter` names the CnR adapter when the model id does not."""
-    if done.status not in ("complete", "failed", "cancelled"):
-        raise InvalidInput(f"round status must be complete, failed or cancelled, got {done.status!r}")
+    if done.status not in ROUND_STATUSES:
+        raise InvalidInput(f"round status must be one of {', '.join(ROUND_STATUSES)}, got {done.status!r}")
     if done.stop_reason is not None and done.stop_reason not in STOP_REASONS:
         raise InvalidInput(f"unknown stop reason {done.stop_reason!r}")
     if not isinstance(done.round, int) or done.round < 1:
@@ -137,7 +155,8 @@ def record_round(engine: Engine, turn_id: int, done: RoundDone, *, adapter: str 
         critique=_text("critique", done.critique), revision=_text("revision", done.revision),
         status=done.status, stop_reason=done.stop_reason, nothing_to_fix=bool(done.nothing_to_fix),
         error=_text("error", done.error, optional=True), ttft=done.timing.ttft,
-        duration=done.timing.duration, tokens=done.timing.tokens,
+        duration=done.timing.duration, tokens=done.timing.tokens, rejection=done.rejection,
+        finish_reason=done.finish_reason, candidates=_candidates(done),
     )
     with write_session(engine) as session:
         _turn(session, turn_id)

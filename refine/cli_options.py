@@ -26,10 +26,28 @@ MODEL_OPTIONS = [
     click.option("--temperature", type=float, help="Sampling temperature; 0 = greedy [default 0]."),
     click.option("--max-new-tokens", type=int, help="Max new tokens of a base answer [default 512]."),
     click.option("--cnr-max-new-tokens", type=int, help="Max new tokens of a critique + revision [default 768]."),
+    click.option("--repetition-penalty", type=float, help="Local backend: penalty on tokens the generation already wrote, 1 = off [default from REFINE_REPETITION_PENALTY]."),
+    click.option("--no-repeat-ngram-size", type=int, help="Local backend: forbid repeating an n-gram of this many tokens, 0 = off."),
     click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), help="Local model precision [default auto: bf16 where the CPU supports it]."),
     click.option("--timeout", type=float, help="Seconds to wait for the first/next token from a server [default 60]."),
     click.option("--retries", type=int, help="Retries before the first token [default 2]."),
 ]
+
+
+# The judge that `--select judge` asks (the `judge` command has its own, with defaults shown).
+SELECTION_JUDGE_OPTIONS = [
+    click.option("--judge-backend", type=_BACKENDS, help="Backend of the selecting judge [env REFINE_JUDGE_BACKEND; default local]."),
+    click.option("--judge-model", help="Judge model: folder, .gguf, hub id or served name [default: the embedded 135M "
+                                       "model, which is NOT a meaningful judge]."),
+    click.option("--judge-url", help="Server URL of the judge (tgi/openai) [env REFINE_JUDGE_URL]; key in REFINE_JUDGE_API_KEY."),
+]
+
+
+def selection_judge_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the selecting judge's options to a click command."""
+    for option in reversed(SELECTION_JUDGE_OPTIONS):
+        func = option(func)
+    return func
 
 
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:

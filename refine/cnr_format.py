@@ -16,12 +16,17 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from refine.text import marker_prefix_len
+import regex
 
 FORMAT_VERSION = "cnr-v1"
 CRITIQUE_MARKER = "Critique:"
 REVISION_MARKER = "\nRevision:"
 NOTHING_TO_FIX = "Nothing to fix."
+# Sent as stop strings with every CnR request (at most 4: OpenAI's limit): a second round the
+# model starts by itself, and the next chat turn of ChatML and Llama 3 templates. The parser
+# ends a revision at these and the other labels and template text anyway (servers that ignore
+# stop strings, or a label in another form).
+CNR_STOP_STRINGS: tuple[str, ...] = ("\nCritique:", "\n**Critique", "<|im_start|>", "<|eot_id|>")
 
 SYSTEM_PROMPT = (
     "You are a careful reviewer. You point out what is wrong or missing in a response to a "
@@ -34,7 +39,7 @@ INSTRUCTION = (
 )
 
 Message = dict[str, str]
-Section = Literal["preamble", "critique", "revision"]
+Section = Literal["preamble", "critique", "revision", "done"]
 
 # Hand-written examples for driving an untuned instruct model (few-shot mode).
 FEW_SHOT_EXAMPLES: tuple[tuple[str, str, str, str], ...] = (
@@ -99,6 +104,9 @@ def training_messages(conversation: list[Message], response: str, critique: str,
 _SPACE = re.compile(r"\s+")
 
 
+_EMPHASIS_CHARS = re.compile(r"[*_`#]+")
+
+
 def normalize(text: str) -> str:
     """Whitespace- and case-insensitive form used to decide whether a revision changed anything."""
     return _SPACE.sub(" ", text).strip().casefold()
@@ -106,26 +114,67 @@ def normalize(text: str) -> str:
 
 def is_nothing_to_fix(critique: str) -> bool:
     """True when a critique says the response needs no change."""
-    return normalize(critique).rstrip(".!").startswith(normalize(NOTHING_TO_FIX).rstrip("."))
+    plain = normalize(_EMPHASIS_CHARS.sub("", critique)).rstrip(".!")
+    return plain.startswith(normalize(NOTHING_TO_FIX).rstrip("."))
+
+
+# Labels as models write them: `Critique:`, `**Critique:**`, `**Critique**:`, `## Critique:`, any
+# case at the start of a line; mid-line only after the end of a sentence and capitalised
+# ("… is wrong. Revision: …"), so that "needs revision: …" inside a critique is not a label.
+_EMPHASIS = r"(?P<em>\*\*|__|\*|_)"
+_LABEL = (
+    r"(?:\#{1,6}[ \t]*)?(?:"
+    + _EMPHASIS + r"[ \t]*(?:%(w)s)[ \t]*(?:(?P=em)[ \t]*:|:[ \t]*(?P=em))"  # **Critique:** / **Critique**:
+    + r"|(?:%(w)s)[ \t]*:"  # Critique:
+    + r")|(?:\#{1,6}[ \t]*(?:%(w)s)|" + _EMPHASIS + r"(?:%(w)s)(?P=em))[ \t]*(?=\n)"  # "## Critique" alone on a line
+)
+_LINE_START = r"(?:\n|(?<=\A\n))[ \t]*"  # the parser searches with the previous character as context
+_SENTENCE_END = r"(?<=[.!?)\]\"'])[ \t]+"
+_CRITIQUE_WORDS = r"(?i:critique|feedback)"
+_REVISION_WORDS = r"(?i:revision|revised response|improved response)"
+_CRITIQUE_START = regex.compile(r"\A\s*(?:" + _LABEL % {"w": _CRITIQUE_WORDS} + ")")
+_REVISION_START = regex.compile(
+    _LINE_START + "(?:" + _LABEL % {"w": _REVISION_WORDS} + ")|" + _SENTENCE_END + "(?:" + _LABEL % {"w": "Revision|REVISION"} + ")"
+)
+# Chat-template control text (ChatML, Llama 3, Gemma, Mistral, Phi, Zephyr) and reasoning tags.
+TEMPLATE_TEXT = regex.compile(
+    r"<\|[A-Za-z_]{2,30}\|>|</s>|<s>|<(?:start|end)_of_turn>|\[/?INST\]|</?think>", regex.IGNORECASE
+)
+# What ends a revision: a second label at the start of a line (the model starts another round or
+# repeats itself), or template text (the model runs on into the next turn).
+_REVISION_END = regex.compile(
+    _LINE_START + "(?:" + _LABEL % {"w": _CRITIQUE_WORDS + "|" + _REVISION_WORDS} + ")|" + TEMPLATE_TEXT.pattern,
+    regex.IGNORECASE,
+)
+
+
+def has_format_text(text: str) -> str | None:
+    """The first CnR label at the start of a line or piece of chat-template/reasoning markup in
+    `text`, or None: such text is never part of an answer."""
+    m = _REVISION_END.search("\n" + text)
+    return m.group().strip() if m else None
 
 
 @dataclass(frozen=True)
 class ParsedCnR:
-    """The outcome of one CnR generation."""
+    """The outcome of one CnR generation. `overrun` is the text after the revision's end (a
+    second label or template text), dropped from the revision."""
 
     critique: str
     revision: str
     ok: bool
     nothing_to_fix: bool = False
     error: str | None = None
+    overrun: str = ""
 
 
 class CnRStreamParser:
     """Splits a CnR generation into critique and revision as chunks arrive.
 
-    `feed` returns the new (section, text) pieces; text that might be the start of a marker
-    split across chunks is held back until the next chunk decides. `section` tells which
-    part is being written. `finish` returns the ParsedCnR.
+    `feed` returns the new (section, text) pieces; text that might be the start of a label split
+    across chunks is held back until the next chunk decides. `section` tells which part is being
+    written ("done" once the revision has ended at a second label or template text: the rest is
+    kept in `raw` and `overrun` only). `finish` returns the ParsedCnR.
     """
 
     def __init__(self) -> None:
@@ -133,28 +182,47 @@ class CnRStreamParser:
         self._pending = ""  # text not yet assigned to a section
         self._parts: dict[str, list[str]] = {"critique": [], "revision": []}
         self._raw: list[str] = []
+        self._overrun: list[str] = []
         self._section_started = False  # leading white space of a section is dropped
+        self._context = "\n"  # the character before the pending text (labels start lines)
 
     @property
     def raw(self) -> str:
         """Everything fed so far."""
         return "".join(self._raw)
 
+    def text(self, section: Section) -> str:
+        """The text of `section` ("critique" or "revision") so far."""
+        return "".join(self._parts.get(section, ()))
+
+    @property
+    def done(self) -> bool:
+        """True once the revision has ended: the rest of the generation is not needed."""
+        return self.section == "done"
+
     def feed(self, chunk: str) -> list[tuple[Section, str]]:
         """Consume a chunk; return the pieces of critique/revision text it completes."""
         self._raw.append(chunk)
+        if self.section == "done":
+            self._overrun.append(chunk)
+            return []
         self._pending += chunk
+        return self._consume(final=False)
+
+    def _consume(self, *, final: bool) -> list[tuple[Section, str]]:
+        """Assign pending text to sections. Until `final`, a label that may still grow (it ends
+        where the text ends, or the text ends in its first characters) is held back."""
         out: list[tuple[Section, str]] = []
         while True:
             if self.section == "preamble":
-                stripped = self._pending.lstrip()
-                if stripped.startswith(CRITIQUE_MARKER):
-                    self._pending = stripped[len(CRITIQUE_MARKER):]
+                m = _CRITIQUE_START.match(self._pending, partial=not final)
+                if m is not None and not m.partial and (final or m.end() < len(self._pending)):
+                    self._pending = self._pending[m.end():]
                     self.section = "critique"
                     continue
-                if CRITIQUE_MARKER.startswith(stripped):
-                    return out  # could still become the marker
-                # No marker: treat the text as critique so nothing is lost.
+                if not final and (m is not None or not self._pending.strip()):
+                    return out  # could still become the label
+                # No label: treat the text as critique so nothing is lost.
                 self.section = "critique"
                 continue
             if not self._section_started:
@@ -162,45 +230,54 @@ class CnRStreamParser:
                 if not self._pending:
                     return out
                 self._section_started = True
-            if self.section == "critique":
-                index = self._pending.find(REVISION_MARKER)
-                if index >= 0:
-                    self._emit(out, "critique", self._pending[:index])
-                    self._pending = self._pending[index + len(REVISION_MARKER):]
+            boundary = _REVISION_START if self.section == "critique" else _REVISION_END
+            text = self._context + self._pending
+            m = boundary.search(text, pos=1, partial=not final)
+            start, end = (m.start() - 1, m.end() - 1) if m is not None else (0, 0)
+            if m is not None and not m.partial and (final or end < len(self._pending)):
+                self._emit(out, self.section, self._pending[:start])
+                if self.section == "critique":
+                    self._pending = self._pending[end:]
                     self.section = "revision"
                     self._section_started = False
+                    self._context = "\n"
                     continue
-                keep = marker_prefix_len(self._pending, REVISION_MARKER)
-                self._emit(out, "critique", self._pending[: len(self._pending) - keep])
-                self._pending = self._pending[len(self._pending) - keep:]
+                self._overrun.append(self._pending[start:])
+                self._pending = ""
+                self.section = "done"
                 return out
-            self._emit(out, "revision", self._pending)
-            self._pending = ""
+            keep = len(self._pending) - start if m is not None and not final else 0
+            self._emit(out, self.section, self._pending[: len(self._pending) - keep])
+            self._pending = self._pending[len(self._pending) - keep:]
             return out
 
     def _emit(self, out: list[tuple[Section, str]], section: Section, text: str) -> None:
         if text:
             self._parts[section].append(text)
             out.append((section, text))
+            self._context = text[-1]
+
+    def flush(self) -> list[tuple[Section, str]]:
+        """At the end of the stream: the held-back text, as pieces like `feed`'s."""
+        return [] if self.section == "done" else self._consume(final=True)
 
     def finish(self) -> ParsedCnR:
         """Flush held-back text and judge the whole generation."""
-        if self._pending and self.section != "preamble":
-            self._parts[self.section].append(self._pending)
-        elif self._pending.strip():
-            self._parts["critique"].append(self._pending)
-        self._pending = ""
+        self.flush()
         critique = "".join(self._parts["critique"]).strip()
         revision = "".join(self._parts["revision"]).strip()
+        overrun = "".join(self._overrun)
+        wrote_revision = self.section in ("revision", "done")
         if is_nothing_to_fix(critique):
-            return ParsedCnR(critique, revision, ok=True, nothing_to_fix=True)
+            return ParsedCnR(critique, revision, ok=True, nothing_to_fix=True, overrun=overrun)
         if not critique:
-            return ParsedCnR(critique, revision, ok=False, error="the output has no critique")
-        if self.section != "revision":
-            return ParsedCnR(critique, revision, ok=False, error=f"the output has no '{REVISION_MARKER.strip()}' part")
+            return ParsedCnR(critique, revision, ok=False, error="the output has no critique", overrun=overrun)
+        if not wrote_revision:
+            return ParsedCnR(critique, revision, ok=False, error=f"the output has no '{REVISION_MARKER.strip()}' part",
+                             overrun=overrun)
         if not revision:
-            return ParsedCnR(critique, revision, ok=False, error="the revision is empty")
-        return ParsedCnR(critique, revision, ok=True)
+            return ParsedCnR(critique, revision, ok=False, error="the revision is empty", overrun=overrun)
+        return ParsedCnR(critique, revision, ok=True, overrun=overrun)
 
 
 def parse_cnr(text: str) -> ParsedCnR:

@@ -1,20 +1,25 @@
 """Typed events of one refinement turn, consumed alike by the UI, the CLI and storage.
 
-Order for a turn: BaseDelta* BaseDone, then per round k = 1..N:
-RoundStart, CritiqueDelta*, RevisionDelta*, RoundDone; finally TurnDone.
+Order for a turn: (ThinkingDelta | BaseDelta)* BaseDone, then per round k = 1..N:
+RoundStart, then per candidate c = 0..C-1: CritiqueDelta*, RevisionDelta* (tagged with c);
+Judging* when a selector compares candidates; RoundDone; finally TurnDone.
 An error in the base answer yields ErrorEvent then TurnDone(stop_reason="error").
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal, Union
 
-RoundStatus = Literal["complete", "failed", "cancelled"]
+# complete: the revision was accepted (or the critique found nothing to fix) and is the answer now;
+# rejected: it parsed, but an acceptance rule (refine.acceptance) kept the previous answer;
+# failed: unparseable output or a backend error; cancelled: the caller stopped it.
+RoundStatus = Literal["complete", "rejected", "failed", "cancelled"]
 StopReason = Literal[
     "max_rounds",      # every requested round ran
     "nothing_to_fix",  # the critique found nothing to improve
-    "unchanged",       # the revision equals its input (after normalisation)
+    "unchanged",       # the revision equals its input (near enough: see refine.acceptance)
+    "rejected",        # an acceptance rule rejected the round's revision
     "failed",          # a round failed (unparseable output or backend error)
     "cancelled",       # the caller cancelled
     "error",           # the base answer failed
@@ -37,11 +42,24 @@ class BaseDelta:
 
 
 @dataclass(frozen=True)
+class ThinkingDelta:
+    """Reasoning the base model wrote before its answer (kept apart from the answer)."""
+
+    text: str
+    type: Literal["thinking_delta"] = "thinking_delta"
+
+
+@dataclass(frozen=True)
 class BaseDone:
+    """The base answer. `finish_reason` is the backend's (stop, length, …) or "looping" when the
+    loop stopped an answer that repeated itself; `thinking` is its reasoning, if any."""
+
     text: str
     model: str
     timing: Timing = field(default_factory=Timing)
     given: bool = False  # True when the answer came with the input instead of a model
+    finish_reason: str | None = None
+    thinking: str = ""
     type: Literal["base_done"] = "base_done"
 
 
@@ -56,6 +74,7 @@ class RoundStart:
 class CritiqueDelta:
     round: int
     text: str
+    candidate: int = 0
     type: Literal["critique_delta"] = "critique_delta"
 
 
@@ -63,13 +82,44 @@ class CritiqueDelta:
 class RevisionDelta:
     round: int
     text: str
+    candidate: int = 0
     type: Literal["revision_delta"] = "revision_delta"
 
 
 @dataclass(frozen=True)
+class Judging:
+    """A selector is comparing candidate `candidate` of round `round` with the current answer."""
+
+    round: int
+    candidate: int
+    type: Literal["judging"] = "judging"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sampled critique + revision of a round and what became of it: `status` complete
+    (accepted), rejected (`rejection` names the rule, `detail` what was measured), failed or
+    cancelled; `verdicts` are the selector's, if one ran."""
+
+    critique: str
+    revision: str
+    status: RoundStatus
+    nothing_to_fix: bool = False
+    rejection: str | None = None
+    detail: str = ""
+    finish_reason: str | None = None
+    verdicts: tuple[dict, ...] = ()
+    raw: str = ""
+    timing: Timing = field(default_factory=Timing)
+
+
+@dataclass(frozen=True)
 class RoundDone:
-    """A finished round. For a failed/cancelled round, `revision` is the partial text and the
-    previous response stands; `error` says why it failed."""
+    """A finished round: the chosen candidate's critique and revision, and every candidate.
+
+    complete: `revision` is now the answer (for nothing_to_fix, the unchanged answer); rejected:
+    `revision` is the rejected text, `rejection` the rule and `error` its explanation, and the
+    previous answer stands; failed/cancelled: `revision` is the partial text, `error` says why."""
 
     round: int
     model: str
@@ -81,6 +131,10 @@ class RoundDone:
     error: str | None = None
     raw: str = ""
     timing: Timing = field(default_factory=Timing)
+    rejection: str | None = None
+    finish_reason: str | None = None
+    candidates: tuple[Candidate, ...] = ()
+    chosen: int = 0  # index of the candidate in `candidates` this round reports
     type: Literal["round_done"] = "round_done"
 
 
@@ -106,9 +160,6 @@ class TurnDone:
     type: Literal["turn_done"] = "turn_done"
 
 
-Event = Union[BaseDelta, BaseDone, RoundStart, CritiqueDelta, RevisionDelta, RoundDone, ErrorEvent, TurnDone]
+Event = Union[BaseDelta, ThinkingDelta, BaseDone, RoundStart, CritiqueDelta, RevisionDelta, Judging, RoundDone,
+              ErrorEvent, TurnDone]
 
-
-def event_to_dict(event: Event) -> dict:
-    """A JSON-ready dict of an event (used by logs and the UI)."""
-    return asdict(event)

@@ -2,9 +2,11 @@
 runs the critique→revision rounds on each, and appends one JSON line per prompt.
 
 Output row = the input row's fields, plus `id`, `response` (the original answer), `base_model`,
-`cnr_model`, `rounds` (round 1 first: round, critique, revision, status, stop_reason,
-nothing_to_fix, error, ttft, duration, tokens), `final` (the last good revision, or the
-original) and `stop_reason`.
+`base_finish_reason`, `cnr_model`, `rounds` (round 1 first: round, critique, revision, status —
+complete, rejected, failed or cancelled —, rejection (the acceptance rule), stop_reason,
+nothing_to_fix, error, finish_reason, ttft, duration, tokens, and `candidates` when several
+were sampled or a selector judged them), `final` (the last accepted revision, or the original)
+and `stop_reason`. The run ends with a summary of what became of the rounds (refine.outcomes).
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from typing import Any
 
 import click
 
+from refine.acceptance import AcceptanceConfig
 from refine.aio import as_finished
 from refine.backends import BackendPool, cnr_few_shot, generation_params
-from refine.cli_options import model_options, settings_from
+from refine.cli_options import model_options, selection_judge_options, settings_from
 from refine.cnr_format import FORMAT_VERSION
 from refine.events import BaseDone, ErrorEvent, Event, RoundDone, TurnDone
 from refine.loop import LoopConfig, refine_turn
+from refine.outcomes import tally
 from refine.records import InvalidRecordsError, PromptRow, end_cut_line, read_rows
+from refine.selection import Selector, build_selector
 from refine.settings import Settings
 
 RowRecorder = Callable[[PromptRow], Callable[[Event], None]]  # row -> event sink (e.g. the database)
@@ -55,7 +60,18 @@ def loop_config(settings: Settings) -> LoopConfig:
     return LoopConfig(
         rounds=settings.rounds, stop_early=settings.stop_early, few_shot=cnr_few_shot(settings),
         base_params=generation_params(settings, "base"), cnr_params=generation_params(settings, "cnr"),
+        acceptance=AcceptanceConfig(
+            max_repeats=settings.accept_max_repeats, min_length_ratio=settings.accept_min_length_ratio,
+            collapse_min_words=settings.accept_collapse_min_words,
+            unchanged_similarity=settings.accept_unchanged_similarity),
+        candidates=settings.candidates,
     )
+
+
+def _candidate_dict(c: Any, chosen: bool) -> dict[str, Any]:
+    return {"critique": c.critique, "revision": c.revision, "status": c.status, "nothing_to_fix": c.nothing_to_fix,
+            "rejection": c.rejection, "detail": c.detail, "finish_reason": c.finish_reason,
+            "verdicts": list(c.verdicts), "tokens": c.timing.tokens, "chosen": chosen}
 
 
 def output_row(row: PromptRow, rid: str, events: list[Event]) -> dict[str, Any] | None:
@@ -64,17 +80,22 @@ def output_row(row: PromptRow, rid: str, events: list[Event]) -> dict[str, Any] 
     end = next((e for e in events if isinstance(e, TurnDone)), None)
     if base is None or end is None:
         return None
-    rounds = [
-        {
+    rounds = []
+    for e in events:
+        if not isinstance(e, RoundDone):
+            continue
+        r = {
             "round": e.round, "critique": e.critique, "revision": e.revision, "status": e.status,
-            "stop_reason": e.stop_reason, "nothing_to_fix": e.nothing_to_fix, "error": e.error,
-            "ttft": e.timing.ttft, "duration": round(e.timing.duration, 3), "tokens": e.timing.tokens,
+            "rejection": e.rejection, "stop_reason": e.stop_reason, "nothing_to_fix": e.nothing_to_fix,
+            "error": e.error, "finish_reason": e.finish_reason, "ttft": e.timing.ttft,
+            "duration": round(e.timing.duration, 3), "tokens": e.timing.tokens,
         }
-        for e in events if isinstance(e, RoundDone)
-    ]
+        if len(e.candidates) > 1 or any(c.verdicts for c in e.candidates):
+            r["candidates"] = [_candidate_dict(c, i == e.chosen) for i, c in enumerate(e.candidates)]
+        rounds.append(r)
     data = row.model_dump(exclude_none=True)
     data.update(
-        id=rid, response=base.text, base_model=base.model,
+        id=rid, response=base.text, base_model=base.model, base_finish_reason=base.finish_reason,
         cnr_model=next((e.model for e in events if isinstance(e, RoundDone)), None),
         format=FORMAT_VERSION, rounds=rounds, final=end.final, stop_reason=end.stop_reason,
     )
@@ -88,9 +109,11 @@ async def revise_rows(
     *,
     concurrency: int = 1,
     recorder: RowRecorder | None = None,
+    selector: Selector | None = None,
 ) -> AsyncIterator[tuple[str, dict[str, Any] | None, str | None]]:
     """Refine rows with at most `concurrency` in flight; yields (id, output row or None, error)
-    as each finishes. `recorder`, if given, makes an event sink for each row."""
+    as each finishes. `recorder`, if given, makes an event sink for each row; `selector`, if
+    given, must prefer a revision for it to be accepted."""
     cnr = pool.get("cnr")
     needs_base = any(r.response is None for _, r in rows)
     base = pool.get("base") if needs_base else None
@@ -100,7 +123,8 @@ async def revise_rows(
         async with limit:
             events: list[Event] = []
             sink = recorder(row) if recorder else None
-            async for event in refine_turn(row.chat(), cnr=cnr, base=base, config=config, response=row.response):
+            async for event in refine_turn(row.chat(), cnr=cnr, base=base, config=config, response=row.response,
+                                           selector=selector):
                 if sink is not None:
                     sink(event)
                 if not type(event).__name__.endswith("Delta"):
@@ -123,7 +147,8 @@ async def _run(rows: list[tuple[str, PromptRow]], settings: Settings, output: Pa
     try:
         with output.open("a", encoding="utf-8") as out, tqdm(total=len(rows), unit="prompt", desc="revise") as bar:
             async for rid, data, error in revise_rows(
-                rows, pool, loop_config(settings), concurrency=settings.concurrency if remote else 1, recorder=recorder
+                rows, pool, loop_config(settings), concurrency=settings.concurrency if remote else 1, recorder=recorder,
+                selector=build_selector(settings, pool),
             ):
                 if data is None:
                     failures += 1
@@ -138,6 +163,18 @@ async def _run(rows: list[tuple[str, PromptRow]], settings: Settings, output: Pa
         if engine is not None:
             engine.dispose()
     return failures
+
+
+def outcome_summary(path: Path) -> str:
+    """The Markdown outcome table of every round in a `revise` output file."""
+    rounds = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rounds += json.loads(line).get("rounds", [])
+            except (json.JSONDecodeError, AttributeError):
+                continue
+    return tally(rounds).markdown()
 
 
 def _database_recorder(url: str, settings: Settings) -> tuple[RowRecorder, Any]:
@@ -167,7 +204,14 @@ def _database_recorder(url: str, settings: Settings) -> tuple[RowRecorder, Any]:
 @click.option("--concurrency", type=click.IntRange(1, 256), help="Prompts in flight at once for remote backends [default 4].")
 @click.option("--skip-invalid", is_flag=True, help="Skip invalid input rows instead of refusing the file.")
 @click.option("--db", "db_url", help="Also store every turn and round in this database (SQLAlchemy URL or SQLite file path).")
+@click.option("--select", type=click.Choice(["none", "judge"]),
+              help="'judge': a revision must also beat the current answer in the pairwise judge, in both orders "
+                   "(--judge-* options) [env REFINE_SELECT; default none].")
+@click.option("--candidates", type=click.IntRange(1, 8),
+              help="Revisions sampled per round (set --temperature > 0); the selector keeps the best accepted one "
+                   "[default 1].")
 @model_options
+@selection_judge_options
 def command(input_path: Path, output: Path, limit: int | None, skip_invalid: bool, db_url: str | None,
             stop_early: bool | None, **options: Any) -> None:
     """Critique and revise answers, round after round, for every prompt in INPUT.
@@ -175,9 +219,12 @@ def command(input_path: Path, output: Path, limit: int | None, skip_invalid: boo
     Rows without a `response` are first answered by the base model. Each round's critique and
     revision is written; the run resumes where it stopped if OUTPUT already has some ids.
 
+    A revision replaces the answer only when it is complete, sound and (with --select judge)
+    judged better; rejected rounds are written with their rule (see README, "Accepting a revision").
+
     \b
     Example (the shipped sample, embedded model, offline):
-      python -m refine revise --input samples/prompts.jsonl --output revised.jsonl --rounds 2 --limit 2
+      python -m refine revise --input samples/chatgpt_answers.jsonl --output revised.jsonl --rounds 2 --limit 2
     """
     settings = settings_from({**options, "stop_early": stop_early})
     try:
@@ -195,5 +242,8 @@ def command(input_path: Path, output: Path, limit: int | None, skip_invalid: boo
         return
     failures = asyncio.run(_run(todo, settings, output, db_url))
     click.echo(f"wrote {len(todo) - failures} rows to {output}" + (f"; {failures} failed" if failures else ""), err=True)
+    summary = outcome_summary(output)
+    if summary:
+        click.echo(f"\nWhat became of the rounds in {output}:\n{summary}", err=True)
     if failures:
         sys.exit(1)

@@ -40,6 +40,26 @@ class Settings(BaseSettings):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(512, ge=1, le=32768)
     cnr_max_new_tokens: int = Field(768, ge=1, le=32768)
+    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="Local backend: penalty on tokens the "
+                                      "generation already wrote (the prompt is exempt, so a revision may copy the answer)")
+    no_repeat_ngram_size: int = Field(0, ge=0, le=64, description="Local backend: forbid repeating any n-gram of this "
+                                      "many tokens within the generation (0 = off)")
+
+    # Accepting a revision (refine.acceptance) and selecting among candidates (refine.selection).
+    accept_max_repeats: float = Field(5.0, ge=2.0, description="A unit of 3+ words repeated back to back this many "
+                                      "times is a loop")
+    accept_min_length_ratio: float = Field(0.5, ge=0.0, le=1.0, description="A revision with fewer words than this "
+                                           "share of a long answer's has collapsed (unless the critique asks to cut)")
+    accept_collapse_min_words: int = Field(40, ge=0, description="Answers shorter than this many words may shrink freely")
+    accept_unchanged_similarity: float = Field(1.0, gt=0.0, le=1.0, description="Word similarity at or above which a "
+                                               "revision counts as unchanged")
+    select: Literal["none", "judge"] = Field("none", description="'judge': a revision must also beat the current "
+                                             "answer in the pairwise judge (both orders)")
+    candidates: int = Field(1, ge=1, le=8, description="Revisions sampled per round; the selector keeps the best")
+    judge_backend: BackendName = Field("local", description="Backend of the judge used by --select judge")
+    judge_model: str = Field("", description="Judge model (like base_model); empty = embedded, NOT a meaningful judge")
+    judge_url: str | None = Field(None, description="Server URL of the judge (tgi/openai)")
+    judge_api_key: SecretStr | None = Field(None, description="Bearer token for the judge's server")
 
     # Backends.
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -71,4 +91,6 @@ class Settings(BaseSettings):
         shares_url = self.cnr_backend == self.base_backend and self.base_url
         if self.cnr_backend != "local" and not (self.cnr_url or shares_url):
             raise ValueError(f"cnr_backend={self.cnr_backend!r} needs REFINE_CNR_URL")
+        if self.select == "judge" and self.judge_backend != "local" and not self.judge_url:
+            raise ValueError(f"judge_backend={self.judge_backend!r} needs REFINE_JUDGE_URL")
         return self

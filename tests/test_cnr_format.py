@@ -7,13 +7,14 @@ from hypothesis import strategies as st
 
 from refine.cnr_format import (
     CRITIQUE_MARKER, NOTHING_TO_FIX, REVISION_MARKER, CnRStreamParser, cnr_messages, cnr_target,
-    is_nothing_to_fix, parse_cnr, training_messages,
+    has_format_text, is_nothing_to_fix, parse_cnr, training_messages,
 )
 
-# Text that never contains a marker by accident.
+# Text that never contains a label or template text by accident.
+_LABEL_WORDS = ("revis", "critique", "feedback", "improved response")
 safe_text = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), min_size=1, max_size=80
-).filter(lambda t: "Revision:" not in t and "Critique:" not in t and t.strip())
+).filter(lambda t: t.strip() and not any(w in t.lower() for w in _LABEL_WORDS) and has_format_text(t) is None)
 
 
 def chunked(text: str, cuts: list[int]) -> list[str]:
@@ -30,6 +31,7 @@ def feed_all(chunks: list[str]) -> tuple[CnRStreamParser, list[tuple[str, str]]]
     pieces = []
     for chunk in chunks:
         pieces.extend(parser.feed(chunk))
+    pieces.extend(parser.flush())
     return parser, pieces
 
 

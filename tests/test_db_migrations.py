@@ -39,6 +39,7 @@ VALUES (1, 1, 1, 0, 'left', 'k1', 'h1', '2026-01-01 11:00:00'),
        (5, 2, 0, 1, 'both_bad', 'k5', NULL, '2026-01-01 11:00:04');
 """
 TABLES = ("conversations", "turns", "rounds", "votes")
+ADDED_LATER = {"finish_reason", "thinking", "rejection", "candidates"}  # by 0005a, NULL on old rows
 
 
 def dump(engine: Engine) -> dict[str, list[dict]]:
@@ -63,10 +64,12 @@ def test_first_revision_upgrades_to_head_with_rows_intact(engine: Engine) -> Non
     before = dump(engine)
 
     upgrade(engine)
-    assert current(engine) == head() == "0004"
+    assert current(engine) == head() == "0005a"
     after = dump(engine)
     for table in TABLES:
-        assert [{k: v for k, v in row.items() if not k.startswith("high_")} for row in after[table]] == before[table]
+        assert [{k: v for k, v in row.items() if not k.startswith("high_") and k not in ADDED_LATER}
+                for row in after[table]] == before[table]
+        assert all(row[k] is None for row in after[table] for k in ADDED_LATER & row.keys())
     # Backfilled by 0003 and 0004: the later version, and its points (2 won, 1 tie, 0 lost).
     assert [(row["high_round"], row["high_score"]) for row in after["votes"]] == [
         (1, 2), (1, 2), (2, 0), (2, 1), (1, None)]
@@ -82,6 +85,27 @@ def test_first_revision_upgrades_to_head_with_rows_intact(engine: Engine) -> Non
             c.execute(text("INSERT INTO votes (turn_id, left_round, right_round, high_round, high_score, choice, key,"
                            " created_at) VALUES (1, 2, 0, :r, :s, :c, 'bad', '2026-01-01')"),
                       dict(r=high_round, s=high_score, c=choice))
+
+
+def test_0005a_allows_rejected_rounds_with_their_rule(engine: Engine) -> None:
+    upgrade(engine, "0001")
+    with engine.begin() as c:
+        for statement in OLD_ROWS.split(";"):
+            if statement.strip():
+                c.execute(text(statement))
+    upgrade(engine, "0004")
+    rejected = ("INSERT INTO rounds (turn_id, round_index, model, critique, revision, status, nothing_to_fix, duration,"
+                " tokens, created_at{extra}) VALUES (2, 2, 'cnr', 'c', 'loop loop', 'rejected', 0, 1.0, 5,"
+                " '2026-01-01'{values})")
+    with engine.connect() as c, pytest.raises(Exception, match="CHECK constraint failed: ck_rounds_status"):
+        c.execute(text(rejected.format(extra="", values="")))
+    upgrade(engine, "0005a")
+    with engine.begin() as c:
+        c.execute(text(rejected.format(extra=", rejection, finish_reason", values=", 'looping', 'stop'")))
+        assert c.execute(text("SELECT rejection FROM rounds WHERE status = 'rejected'")).scalar_one() == "looping"
+    downgrade(engine, "0004")  # a rejected round has no place in the old schema: it goes
+    with engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM rounds WHERE round_index = 2 AND turn_id = 2")).scalar_one() == 0
 
 
 def test_downgrade_and_upgrade_again_keep_votes(engine: Engine) -> None:
@@ -113,14 +137,14 @@ def test_db_commands_upgrade_and_report_from_any_folder(tmp_path: Path, monkeypa
     runner = CliRunner()
     result = runner.invoke(cli, ["db", "current", "--db", url])
     assert result.exit_code == 0, result.output
-    assert "empty (head: 0004, needs `python -m refine db upgrade`)" in result.output
+    assert "empty (head: 0005a, needs `python -m refine db upgrade`)" in result.output
     result = runner.invoke(cli, ["db", "upgrade", "--db", url, "--revision", "0002"])
     assert result.exit_code == 0 and "empty -> 0002" in result.output, result.output
     monkeypatch.setenv("REFINE_DATABASE_URL", url)  # the settings' URL is the default
     result = runner.invoke(cli, ["db", "upgrade"])
-    assert result.exit_code == 0 and "0002 -> 0004" in result.output, result.output
+    assert result.exit_code == 0 and "0002 -> 0005a" in result.output, result.output
     result = runner.invoke(cli, ["db", "current"])
-    assert "0004 (head: 0004, up to date)" in result.output
+    assert "0005a (head: 0005a, up to date)" in result.output
 
 
 def test_processes_starting_together_upgrade_one_after_another(tmp_path: Path) -> None:

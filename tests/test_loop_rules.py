@@ -77,8 +77,11 @@ async def test_stops_when_the_revision_is_unchanged_after_normalisation() -> Non
         server.on("POST", PATH, cnr_reply("Critique: Wrong.\nRevision: 3 times 4 is 12."),
                   cnr_reply("Critique: Fine wording.\nRevision:  3 Times 4 is   12.\n"))
         events = await run(server)
-    assert rounds_of(events)[-1].stop_reason == "unchanged"
-    assert events[-1].stop_reason == "unchanged" and events[-1].rounds_completed == 2
+    last = rounds_of(events)[-1]
+    assert last.stop_reason == "unchanged"
+    # a copy is not a revision: the round is rejected as unchanged and round 1's answer stands
+    assert (last.status, last.rejection) == ("rejected", "unchanged")
+    assert events[-1] == TurnDone(final="3 times 4 is 12.", rounds_completed=1, stop_reason="unchanged")
 
 
 async def test_without_stop_early_every_round_runs() -> None:

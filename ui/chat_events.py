@@ -76,22 +76,23 @@ class ChatEvents:
                 ui.prompt: box}
 
     async def respond(self, prompt: str, rounds: int, stop_early: bool, temperature: float, max_new_tokens: int,
-                      cnr_max_new_tokens: int, session: ChatSession, pending: str | None,
+                      cnr_max_new_tokens: int, select: str, session: ChatSession, pending: str | None,
                       request: gr.Request) -> AsyncIterator[Update]:
         """Answer a prompt, then critique and revise the answer round after round (streamed)."""
-        controls = Controls(rounds, stop_early, temperature, max_new_tokens, cnr_max_new_tokens)
+        controls = Controls(rounds, stop_early, temperature, max_new_tokens, cnr_max_new_tokens, select)
         text = prompt or pending or ""  # the box itself (API callers) or what `busy` took from it
         async for update in self._turn(text, controls, session, request.session_hash or ""):
             yield update
 
     async def regenerate(self, rounds: int, stop_early: bool, temperature: float, max_new_tokens: int,
-                         cnr_max_new_tokens: int, session: ChatSession, request: gr.Request) -> AsyncIterator[Update]:
+                         cnr_max_new_tokens: int, select: str, session: ChatSession,
+                         request: gr.Request) -> AsyncIterator[Update]:
         """Answer the last prompt again, as a new turn of the same conversation."""
         earlier, prompt = session.without_last()
         if prompt is None:
             yield {self.ui.panel: [notice("Nothing to regenerate yet.")]}
             return
-        controls = Controls(rounds, stop_early, temperature, max_new_tokens, cnr_max_new_tokens)
+        controls = Controls(rounds, stop_early, temperature, max_new_tokens, cnr_max_new_tokens, select)
         async for update in self._turn(prompt, controls, earlier, request.session_hash or "", regenerated=True):
             yield update
 
@@ -139,7 +140,7 @@ class ChatEvents:
                 yield {ui.panel: [notice("⚠️ The database is unavailable; nothing was sent.")], **refused}
                 return
             events = refine_turn(conversation, cnr=self.ctx.cnr, base=self.ctx.base,
-                                 config=self.ctx.loop_config(controls))
+                                 config=self.ctx.loop_config(controls), selector=self.ctx.selector_for(controls))
             run = TurnRun(events, recorder)
             turns.begin(sid, run)
             yield {ui.chatbot: chat_messages(session, prompt, run.view), ui.panel: panel_messages(run.view),

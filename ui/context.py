@@ -12,6 +12,7 @@ from refine.backends import cnr_adapter, cnr_few_shot
 from refine.backends.base import Backend, Message
 from refine.loop import MAX_ROUNDS, LoopConfig
 from refine.revise import loop_config
+from refine.selection import Selector
 from refine.settings import Settings
 from ui.turns import ActiveTurns
 
@@ -27,6 +28,7 @@ class Controls:
     temperature: float
     max_new_tokens: int
     cnr_max_new_tokens: int
+    select: str = "none"
 
     def check(self) -> str | None:
         """Why these controls are invalid (a client can send anything), or None."""
@@ -37,6 +39,8 @@ class Controls:
         for tokens in (self.max_new_tokens, self.cnr_max_new_tokens):
             if not isinstance(tokens, int) or not 1 <= tokens <= MAX_TOKENS:
                 return f"Max new tokens must be between 1 and {MAX_TOKENS}."
+        if self.select not in ("none", "judge"):
+            return "Select must be 'none' or 'judge'."
         return None
 
 
@@ -50,6 +54,11 @@ class AppContext:
     cnr: Backend
     banner: str | None = None
     turns: ActiveTurns = field(default_factory=ActiveTurns)
+    selector: Selector | None = None  # the judge a user may ask to select revisions
+
+    def selector_for(self, controls: Controls) -> Selector | None:
+        """The selector of one turn: the app's judge when the user picked 'judge'."""
+        return self.selector if controls.select == "judge" else None
 
     @property
     def generation_limit(self) -> int:

@@ -38,6 +38,7 @@ class Layout:
     temperature: gr.Slider
     max_new_tokens: gr.Slider
     cnr_max_new_tokens: gr.Slider
+    select: gr.Radio
     vote_box: gr.Column
     pair: gr.Dropdown
     left: gr.Markdown
@@ -66,7 +67,8 @@ class Layout:
 
     @property
     def controls(self) -> list[gr.components.Component]:
-        return [self.rounds, self.stop_early, self.temperature, self.max_new_tokens, self.cnr_max_new_tokens]
+        return [self.rounds, self.stop_early, self.temperature, self.max_new_tokens, self.cnr_max_new_tokens,
+                self.select]
 
     @property
     def vote_area(self) -> list[gr.components.Component]:
@@ -103,8 +105,15 @@ def _controls(ctx: AppContext) -> dict:
                                        label="Max new tokens · answer")
             cnr_max_new_tokens = gr.Slider(1, MAX_TOKENS, value=s.cnr_max_new_tokens, step=1, precision=0,
                                            label="Max new tokens · critique + revision")
+        judge = ctx.selector.name if ctx.selector else "no judge configured"
+        select = gr.Radio([("Every sound revision", "none"), ("Only if the judge prefers it", "judge")],
+                          value=s.select if ctx.selector else "none", interactive=ctx.selector is not None,
+                          label="Accept a revision", elem_id="select",
+                          info=f"A revision that is cut off, loops, collapses the answer or carries format text is "
+                               f"never used. The judge ({judge}) must also prefer it in both orders when chosen; "
+                               "a 135M judge is not a meaningful one.")
     return dict(rounds=rounds, stop_early=stop_early, temperature=temperature, max_new_tokens=max_new_tokens,
-                cnr_max_new_tokens=cnr_max_new_tokens)
+                cnr_max_new_tokens=cnr_max_new_tokens, select=select)
 
 
 def _voting() -> dict:

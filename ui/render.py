@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from refine.acceptance import RULE_TEXT
 from refine.winrate import WinRate
 from ui.session import ChatSession, Pair, VoteState
 from ui.view import RoundView, TurnView
@@ -27,7 +28,8 @@ ERROR_HINTS = {
 }
 STOP_NOTES = {
     "nothing_to_fix": "✋ Stopped early after round {k}: the critique found nothing left to fix.",
-    "unchanged": "✋ Stopped early after round {k}: the revision left the answer unchanged.",
+    "unchanged": "✋ Stopped after round {k}: the revision changed nothing, so the answer stands.",
+    "rejected": "✋ Stopped after round {k}: its revision was not sound, so the answer stands.",
     "max_rounds": "✅ Done: {k} round(s) of critique and revision.",
     "cancelled": "⏹ Stopped by you.",
 }
@@ -55,18 +57,43 @@ def chat_messages(session: ChatSession, prompt: str | None = None, view: TurnVie
     if prompt is not None:
         messages.append({"role": "user", "content": prompt})
         if view is not None:
-            messages.append({"role": "assistant", "content": view.base_text or THINKING})
+            messages.append({"role": "assistant", "content": view.last_good() or THINKING})
     return messages
 
 
+def _candidate_messages(r: RoundView) -> list[ChatMessage]:
+    """The candidates of a round that sampled several, collapsed: each with what became of it."""
+    if len(r.candidates) <= 1 and not any(c.verdicts for c in r.candidates):
+        return []
+    lines = []
+    for i, c in enumerate(r.candidates):
+        what = ("chosen" if i == r.candidate else "") or (
+            "nothing to fix" if c.nothing_to_fix else
+            f"rejected: {RULE_TEXT.get(c.rejection or '', c.rejection)}" if c.status == "rejected" else c.status)
+        lines.append(f"**Candidate {i + 1}** ({what})\n\n{c.revision or c.critique or '_(empty)_'}")
+    return [{"role": "assistant", "content": "\n\n---\n\n".join(lines),
+             "metadata": {"title": f"{len(r.candidates)} candidates · round {r.index}", "status": "done"}}]
+
+
 def _round_messages(r: RoundView) -> list[ChatMessage]:
-    title = f"Critique · round {r.index}" + (" · failed" if r.phase == "failed" else "")
+    title = f"Critique · round {r.index}" + (f" · {r.phase}" if r.phase in ("failed", "rejected") else "")
+    if r.candidate and r.running:
+        title += f" · candidate {r.candidate + 1}"
     meta: dict[str, Any] = {"title": title, "status": "pending" if r.phase == "critique" else "done"}
     if r.duration is not None:
         meta["duration"] = round(r.duration, 1)
     out: list[ChatMessage] = [{"role": "assistant", "content": r.critique or THINKING, "metadata": meta}]
     if r.phase == "complete" and r.nothing_to_fix:
         out.append({"role": "assistant", "content": f"**Revision {r.index}:** nothing to fix, the answer stays."})
+    elif r.phase == "rejected":
+        why = RULE_TEXT.get(r.rejection or "", r.rejection or "it was rejected")
+        out.append({"role": "assistant", "content": f"↩️ **Revision {r.index} was not used:** {why}"
+                    + (f" ({r.error})" if r.error else "") + ". The previous answer stands."})
+        out.append({"role": "assistant", "content": r.revision or "_(empty)_",
+                    "metadata": {"title": f"Rejected revision {r.index}", "status": "done"}})
+    elif r.phase == "judging":
+        out.append({"role": "assistant", "content": f"**Revision {r.index}** (the judge is comparing it with the "
+                                                    f"current answer)\n\n{r.revision or THINKING}"})
     elif r.phase in ("revision", "complete"):
         out.append({"role": "assistant", "content": f"**Revision {r.index}**\n\n{r.revision or THINKING}"})
     elif r.phase == "failed":
@@ -75,7 +102,7 @@ def _round_messages(r: RoundView) -> list[ChatMessage]:
                                "The previous answer stands."})
     elif r.phase == "cancelled":
         out.append({"role": "assistant", "content": f"⏹ Round {r.index} was stopped. The previous answer stands."})
-    return out
+    return out + _candidate_messages(r)
 
 
 def panel_messages(view: TurnView | None) -> list[ChatMessage]:
@@ -87,10 +114,16 @@ def panel_messages(view: TurnView | None) -> list[ChatMessage]:
         return [{"role": "assistant", "content": error_text(view.error.kind, view.error.message)}]
     if not view.base_done:
         return [{"role": "assistant", "content": "Waiting for the answer…"}]
-    out: list[ChatMessage] = [{
+    out: list[ChatMessage] = []
+    if view.thinking:
+        out.append({"role": "assistant", "content": view.thinking,
+                    "metadata": {"title": "Reasoning of the answering model", "status": "done"}})
+    ending = {"length": " · cut off at the token limit", "looping": " · stopped: it repeated itself"}
+    out.append({
         "role": "assistant", "content": view.base_text or "_(empty answer)_",
-        "metadata": {"title": f"Original answer · {view.base_model}", "status": "done"},
-    }]
+        "metadata": {"title": f"Original answer · {view.base_model}{ending.get(view.base_finish or '', '')}",
+                     "status": "done"},
+    })
     for r in view.rounds:
         out += _round_messages(r)
     if view.stop_reason in STOP_NOTES:

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from refine.events import (
-    BaseDelta, BaseDone, CritiqueDelta, ErrorEvent, Event, RevisionDelta, RoundDone, RoundStart,
-    StopReason, Timing, TurnDone,
+    BaseDelta, BaseDone, Candidate, CritiqueDelta, ErrorEvent, Event, Judging, RevisionDelta, RoundDone, RoundStart,
+    StopReason, ThinkingDelta, Timing, TurnDone,
 )
 
-RoundPhase = Literal["critique", "revision", "complete", "failed", "cancelled"]
+RoundPhase = Literal["critique", "revision", "judging", "complete", "rejected", "failed", "cancelled"]
 
 
 @dataclass
@@ -26,6 +26,9 @@ class RoundView:
     error: str | None = None
     stop_reason: StopReason | None = None
     nothing_to_fix: bool = False
+    rejection: str | None = None
+    candidate: int = 0  # the candidate streaming (or, once done, the one chosen)
+    candidates: tuple[Candidate, ...] = ()
     duration: float | None = None
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
@@ -33,7 +36,7 @@ class RoundView:
 
     @property
     def running(self) -> bool:
-        return self.phase in ("critique", "revision")
+        return self.phase in ("critique", "revision", "judging")
 
     def timing(self) -> Timing:
         """Timing so far (for a round cut off before its RoundDone)."""
@@ -48,6 +51,8 @@ class TurnView:
     base_text: str = ""
     base_model: str = ""
     base_done: bool = False
+    base_finish: str | None = None
+    thinking: str = ""
     rounds: list[RoundView] = field(default_factory=list)
     error: ErrorEvent | None = None  # the base answer failed
     stop_reason: StopReason | None = None
@@ -60,12 +65,17 @@ class TurnView:
         """Fold one engine event into the view."""
         if isinstance(event, BaseDelta):
             self.base_text += event.text
+        elif isinstance(event, ThinkingDelta):
+            self.thinking += event.text
         elif isinstance(event, BaseDone):
             self.base_text, self.base_model, self.base_done = event.text, event.model, True
+            self.base_finish, self.thinking = event.finish_reason, event.thinking or self.thinking
         elif isinstance(event, RoundStart):
             self.rounds.append(RoundView(event.round, event.model))
         elif isinstance(event, CritiqueDelta | RevisionDelta):
             current = self.rounds[-1]
+            if event.candidate != current.candidate:  # the next candidate of the round starts
+                current.candidate, current.critique, current.revision = event.candidate, "", ""
             current.deltas += 1
             current.first_token = current.first_token or time.perf_counter()
             if isinstance(event, CritiqueDelta):
@@ -73,11 +83,14 @@ class TurnView:
             else:
                 current.phase = "revision"
                 current.revision += event.text
+        elif isinstance(event, Judging):
+            self.rounds[-1].phase = "judging"
         elif isinstance(event, RoundDone):
             current = self.rounds[-1]
             current.critique, current.revision, current.phase = event.critique, event.revision, event.status
             current.error, current.stop_reason = event.error, event.stop_reason
             current.nothing_to_fix, current.duration = event.nothing_to_fix, event.timing.duration
+            current.rejection, current.candidate, current.candidates = event.rejection, event.chosen, event.candidates
         elif isinstance(event, ErrorEvent) and event.stage == "base":
             self.error = event
             self.base_text = event.partial or self.base_text
@@ -89,12 +102,13 @@ class TurnView:
         return self.rounds[-1] if self.rounds and self.rounds[-1].running else None
 
     def last_good(self) -> str:
-        """The latest complete revision, else the base answer."""
+        """The latest accepted revision, else the base answer: what the chat shows at any moment
+        (a round's text is never shown as the answer before it is accepted)."""
         complete = [r for r in self.rounds if r.phase == "complete"]
         return complete[-1].revision if complete else self.base_text
 
     def versions(self) -> dict[int, str]:
-        """The comparable versions: 0 = the base answer (when complete), k = each complete round."""
+        """The comparable versions: 0 = the base answer (when complete), k = each accepted round."""
         found = {0: self.base_text} if self.base_done and self.error is None else {}
         found.update({r.index: r.revision for r in self.rounds if r.phase == "complete"})
         return found

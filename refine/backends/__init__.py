@@ -45,7 +45,9 @@ def cnr_few_shot(settings: Settings) -> bool:
 def generation_params(settings: Settings, role: Role) -> GenerationParams:
     """Sampling settings for a role."""
     tokens = settings.max_new_tokens if role == "base" else settings.cnr_max_new_tokens
-    return GenerationParams(max_new_tokens=tokens, temperature=settings.temperature, top_p=settings.top_p)
+    return GenerationParams(max_new_tokens=tokens, temperature=settings.temperature, top_p=settings.top_p,
+                            repetition_penalty=settings.repetition_penalty,
+                            no_repeat_ngram_size=settings.no_repeat_ngram_size)
 
 
 @dataclass

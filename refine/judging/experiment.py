@@ -7,6 +7,7 @@
       prompts.jsonl   the input rows used (after --limit)
       revised.jsonl   `refine revise` output        verdicts.jsonl  `refine judge` output
       stats.md, stats.json, winrate.png             the table, its numbers and the plot
+      outcomes.md     what became of the rounds: accepted, rejected by rule, failed, unchanged, …
 
 Running the same command again resumes: revise skips finished prompts, judge finished pairs,
 and the statistics are recomputed. A run folder refuses a command with different settings.
@@ -42,7 +43,9 @@ from refine.settings import Settings
 # are not secret are recorded too, under "execution".
 RESULT_SETTINGS = {"base_backend", "base_model", "base_url", "cnr_backend", "cnr_model", "cnr_url", "cnr_adapter",
                    "cnr_mode", "tokenizer", "rounds", "stop_early", "temperature", "top_p", "max_new_tokens",
-                   "cnr_max_new_tokens", "dtype"}
+                   "cnr_max_new_tokens", "dtype", "repetition_penalty", "no_repeat_ngram_size", "accept_max_repeats",
+                   "accept_min_length_ratio", "accept_collapse_min_words", "accept_unchanged_similarity", "select",
+                   "candidates"}
 
 
 def public_settings(settings: Settings) -> dict[str, Any]:
@@ -151,6 +154,10 @@ def prepare(out: Path, rows: list[PromptRow], manifest_for: Callable[[str], dict
                    "as in the paper's table).")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N prompts.")
 @click.option("--concurrency", type=click.IntRange(1, 256), help="Prompts/pairs in flight for remote backends [default 4].")
+@click.option("--select", type=click.Choice(["none", "judge"]),
+              help="'judge': accept a revision only when the judge prefers it (the same judge then selects and "
+                   "evaluates, which favours revisions: report it as such) [default none].")
+@click.option("--candidates", type=click.IntRange(1, 8), help="Revisions sampled per round [default 1].")
 @judge_options
 @model_options
 @click.pass_context
@@ -165,8 +172,11 @@ def command(ctx: click.Context, prompts: Path, out: Path, limit: int | None, jud
       python -m refine experiment --prompts samples/chatgpt_answers.jsonl --rounds 2 --limit 2 --out runs/try
     """
     from refine.revise import command as revise
+    from refine.revise import outcome_summary
 
     spec = judge_spec(judge_backend, judge_model, judge_url, judge_max_new_tokens, judge_few_shot)
+    if options.get("select") == "judge":  # the selecting judge is the evaluating one
+        options.update(judge_backend=judge_backend, judge_model=judge_model, judge_url=judge_url)
     settings = settings_from(options)
     try:
         rows = read_rows(prompts, PromptRow)[:limit]
@@ -189,6 +199,9 @@ def command(ctx: click.Context, prompts: Path, out: Path, limit: int | None, jud
         report_run(run, verdicts)
         failed = failed or bool(run.failed)
 
+    if revised.exists() and (outcomes := outcome_summary(revised)):
+        (out / "outcomes.md").write_text(f"# What became of the rounds\n\n{outcomes}\n", encoding="utf-8")
+        click.echo(f"What became of the rounds:\n{outcomes}\n")
     summaries = verdict_summaries(read_verdicts(verdicts))
     title = (f"{prompts.name}: {len(rows)} prompts, {options['rounds']} rounds\n"
              f"judge {spec.label} ({spec.prompt_version})")

@@ -1,0 +1,174 @@
+"""When a revision may replace the answer it revises: the acceptance rules, one function each.
+
+A round's revision replaces the current answer only when every rule passes (first do no harm:
+whatever CnR model is plugged in, a revision that is not clearly sound is never shown as the
+answer). The rules, in the order they are checked, with the name stored as the round's
+`rejection`:
+
+- ``cut_off``   the generation did not end by itself: it hit its token limit (finish reason
+  `length`), or the server did not say why it ended, withheld the rest or called a tool.
+- ``empty``     the revision has no text.
+- ``markers``   the revision contains a CnR label at the start of a line, chat-template control
+  text (``<|im_start|>``, ``</s>``, ``[INST]`` …) or a reasoning block.
+- ``looping``   a unit of ≥ 3 words (≥ 3 distinct) repeats back to back `max_repeats` times or
+  more. Chosen on data: the most any of the 808 answers in AlpacaEval's four generator files
+  (ChatGPT, GPT-4, Vicuna-13B, Falcon-40B-Instruct) repeats a unit is 4.07 times (a Falcon list of
+  video titles); the loops of the small CnR model repeat a sentence tens of times. Words without a
+  letter (numbers, table rules, LaTeX ``&``) do not count, so tables and code are not loops.
+- ``collapsed`` the revision has less than `min_length_ratio` of the words of an answer of at
+  least `collapse_min_words` words, and the critique does not ask to remove or shorten anything.
+- ``unchanged`` the revision's tokens are (nearly) those of its input: difflib's similarity of
+  the two token sequences (case, punctuation and Markdown ignored) is ≥ `unchanged_similarity`.
+  Not a fault: it ends refinement, and the answer stands.
+
+A selector (refine.selection) may add ``not_better``: the pairwise judge did not prefer it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from typing import Literal
+
+from refine.backends.base import Finish
+from refine.cnr_format import has_format_text
+
+Rule = Literal["cut_off", "empty", "markers", "looping", "collapsed", "unchanged", "not_better"]
+RULES: tuple[Rule, ...] = ("cut_off", "empty", "markers", "looping", "collapsed", "unchanged", "not_better")
+
+# Plain-words explanations, for the panel and the CLI summary.
+RULE_TEXT: dict[str, str] = {
+    "cut_off": "it was cut off at the token limit",
+    "empty": "it was empty",
+    "markers": "it contained format labels or chat-template text",
+    "looping": "it repeated itself",
+    "collapsed": "it dropped most of the answer",
+    "unchanged": "it changed nothing",
+    "not_better": "the judge did not prefer it",
+}
+
+_WORD = re.compile(r"\S+")
+_HAS_LETTER = re.compile(r"[^\W\d_]")
+_STRIP = re.compile(r"^[\W_]+|[\W_]+$")
+# A critique that asks for less: then a much shorter revision is what it asked for.
+_ASKS_TO_REMOVE = re.compile(
+    r"\b(?:remov\w*|delet\w*|cut|omit\w*|drop\w*|trim\w*|shorten\w*|shorter|too long|lengthy|verbose|wordy|"
+    r"concise\w*|brief\w*|succinct\w*|unnecessar\w*|redundan\w*|repetiti\w*|irrelevant|superfluous|"
+    r"only (?:needs?|asks?|wants?)|just (?:say|answer|give))\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class AcceptanceConfig:
+    """Thresholds of the rules (Settings: `REFINE_ACCEPT_*`); see the module docstring."""
+
+    max_repeats: float = 5.0
+    min_length_ratio: float = 0.5
+    collapse_min_words: int = 40
+    unchanged_similarity: float = 1.0
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The outcome of the rules for one revision: `rule` is None when it is accepted; `detail`
+    says in plain words what was measured."""
+
+    rule: Rule | None = None
+    detail: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.rule is None
+
+
+def tokens(text: str) -> list[str]:
+    """The whitespace-separated tokens of a text, lower-cased, without surrounding punctuation or
+    Markdown; tokens that are only punctuation are left out."""
+    return [t for t in (_STRIP.sub("", token) for token in _WORD.findall(text.casefold())) if t]
+
+
+def words(text: str) -> list[str]:
+    """The tokens of a text that carry letters (numbers, table rules and symbols are left out)."""
+    return [t for t in tokens(text) if _HAS_LETTER.search(t)]
+
+
+def longest_repeat(text: str, *, min_unit: int = 3, max_unit: int = 80) -> tuple[float, str]:
+    """(copies, unit): the most back-to-back copies of any unit of `min_unit`..`max_unit` words
+    (with at least 3 distinct words) in `text`, and the unit's first words; (1.0, "") when
+    nothing repeats. Cost O(words × max_unit)."""
+    seq = words(text)
+    best, unit_text = 1.0, ""
+    for period in range(min_unit, min(max_unit, len(seq) // 2) + 1):
+        run = 0
+        for i in range(len(seq) - period):
+            if seq[i] != seq[i + period]:
+                run = 0
+                continue
+            run += 1
+            copies = run / period + 1
+            if copies > best:
+                unit = seq[i - run + 1: i - run + 1 + period]
+                if len(set(unit)) >= 3:
+                    best, unit_text = copies, " ".join(unit[:12])
+    return best, unit_text
+
+
+def similarity(a: str, b: str) -> float:
+    """difflib's ratio (2·matches ÷ total) of the two texts' token sequences, in [0, 1]."""
+    wa, wb = tokens(a), tokens(b)
+    if not wa and not wb:
+        return 1.0
+    return SequenceMatcher(None, wa, wb, autojunk=False).ratio()
+
+
+def asks_to_remove(critique: str) -> bool:
+    """True when the critique asks to remove, cut or shorten something."""
+    return bool(_ASKS_TO_REMOVE.search(critique))
+
+
+def check_complete(finish: Finish | None) -> Judgement:
+    """The `cut_off` rule alone: the generation must have ended by itself."""
+    if finish is None or finish.reason == "stop":
+        return Judgement()
+    why = {
+        "length": "the generation hit its token limit",
+        "filtered": "the server withheld the rest of the text",
+        "tool_calls": "the model called a tool instead of finishing",
+        "unknown": "the server did not say why the generation ended",
+    }[finish.reason]
+    return Judgement("cut_off", why)
+
+
+def check_loop(text: str, config: AcceptanceConfig) -> Judgement:
+    """The `looping` rule alone (also used on partial text, to stop a looping generation early)."""
+    copies, unit = longest_repeat(text)
+    if copies >= config.max_repeats:
+        return Judgement("looping", f"“{unit} …” repeated {copies:.0f} times in a row")
+    return Judgement()
+
+
+def check_revision(current: str, critique: str, revision: str, finish: Finish | None,
+                   config: AcceptanceConfig) -> Judgement:
+    """Run the rules in order on a parsed revision of `current`; the first that fails decides.
+
+    `finish` is the generation's Finish (None: a revision that did not come from a generation,
+    e.g. in tests). Raises nothing.
+    """
+    if not (judgement := check_complete(finish)).accepted:
+        return judgement
+    if not revision.strip():
+        return Judgement("empty", "the revision has no text")
+    if marker := has_format_text(revision):
+        return Judgement("markers", f"the revision contains “{marker[:40]}”")
+    if not (judgement := check_loop(revision, config)).accepted:
+        return judgement
+    before, after = len(tokens(current)), len(tokens(revision))
+    if (before >= config.collapse_min_words and after < config.min_length_ratio * before
+            and not asks_to_remove(critique)):
+        return Judgement("collapsed", f"{after} words left of {before} ({after / before:.0%}), and the critique "
+                                      "asks to remove nothing")
+    if (ratio := similarity(current, revision)) >= config.unchanged_similarity:
+        return Judgement("unchanged", f"word similarity {ratio:.3f}")
+    return Judgement()
