@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from refine.backends.base import GenerationParams  # noqa: E402
+from refine.backends.base import Finish, GenerationParams  # noqa: E402
 from refine.backends.local import LocalBackend, LocalModel  # noqa: E402
 from refine.cnr_format import cnr_messages  # noqa: E402
 from refine.loop import LoopConfig, refine_turn  # noqa: E402
@@ -30,13 +30,18 @@ ANSWER = "The keeper found a bottle. Inside was a map. He followed it and found 
 
 
 async def timed_stream(backend: LocalBackend, messages: list, params: GenerationParams) -> tuple[float, float, int, str]:
-    """(time to first token, duration, tokens, text) of one raw stream."""
+    """(time to first token, duration, tokens, text) of one raw stream; tokens as the backend
+    counted them (its Finish), else the number of deltas."""
     start = time.perf_counter()
-    first, parts = None, []
-    async for delta in backend.stream(messages, params):
+    first, parts, finish = None, [], Finish("unknown")
+    async for item in backend.stream(messages, params):
+        if isinstance(item, Finish):
+            finish = item
+            continue
         first = first if first is not None else time.perf_counter() - start
-        parts.append(delta)
-    return first or 0.0, time.perf_counter() - start, len(parts), "".join(parts)
+        parts.append(item)
+    tokens = finish.tokens if finish.tokens is not None else len(parts)
+    return first or 0.0, time.perf_counter() - start, tokens, "".join(parts)
 
 
 async def bench_dtype(dtype: str, tokens: int, repeats: int) -> tuple[dict, str]:

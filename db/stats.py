@@ -11,7 +11,7 @@ from typing import Literal
 from sqlalchemy import Connection, Engine, Select, func, or_, select
 from sqlalchemy.orm import Session
 
-from db.models import Vote
+from db.models import Round, Vote
 from refine.winrate import WinRate, win_rate
 
 Versus = Literal["original", "previous"]
@@ -66,3 +66,17 @@ def vote_win_rates(bind: Engine | Connection | Session, versus: Versus = "origin
                         n_boot=n_boot, seed=seed, level=level)
         results.append(replace(rate, both_bad=int(sum(r.both_bad for r in rows))))
     return results
+
+
+def round_outcomes(bind: Engine | Connection | Session) -> list[dict]:
+    """What became of the stored rounds, aggregated in SQL: one dict per (round, status,
+    nothing_to_fix, rejection) with `n` rounds and their summed `tokens` and `duration` (s), the
+    record shape `refine.outcomes.tally` reads."""
+    r = Round.__table__.c
+    statement = (select(r.round_index, r.status, r.nothing_to_fix, r.rejection, func.count().label("n"),
+                        func.sum(r.tokens).label("tokens"), func.sum(r.duration).label("duration"))
+                 .group_by(r.round_index, r.status, r.nothing_to_fix, r.rejection)
+                 .order_by(r.round_index))
+    return [{"round": row.round_index, "status": row.status, "nothing_to_fix": bool(row.nothing_to_fix),
+             "rejection": row.rejection, "n": row.n, "tokens": row.tokens or 0, "duration": row.duration or 0.0}
+            for row in _rows(bind, statement)]

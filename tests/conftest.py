@@ -31,6 +31,12 @@ def build_tiny_model(folder: Path, *, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    # Random weights favour the newline token; an answer of white space only is no answer (the
+    # loop reports it as an error), so the tiny model is kept from writing white space-only tokens:
+    # their (tied) embeddings are zero, which puts their logits at 0 below the argmax.
+    blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip()]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[blank] = 0.0
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -1,12 +1,15 @@
 """Stand-in model servers for tests: real HTTP over a real socket on 127.0.0.1 (port 0), run in a
 thread, answering with scripted replies that reproduce what TGI and OpenAI-compatible servers
-send (see ../shared/specs: field names, `data: …\\n\\n` framing, keep-alive comments, TGI's last
+send (see tests/data/specs: field names, `data: …\\n\\n` framing, keep-alive comments, TGI's last
 event with `generated_text` + `details` and no [DONE], OpenAI chunks ending with `data: [DONE]`).
 
     with tgi_server() as server:
         server.on("POST", "/generate_stream", sse_reply(tgi_events(["Hel", "lo"])))
         ... TGIBackend(server.url) ...
         server.requests_to("/generate_stream")[0].json
+
+`drain(backend.stream(...))` reads a stream and checks the backend contract on the way (text
+deltas, then exactly one Finish last; none after an error).
 
 Replies queue per route; the last one repeats. A streamed reply is a list of steps: bytes or
 str written as one chunk of a chunked body, `Pause(seconds)`, or `Cut()` (drop the connection
@@ -20,13 +23,16 @@ import json
 import socket
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 
-SPECS = Path(__file__).resolve().parents[2] / "shared" / "specs"
+from refine.backends.base import BackendError, Finish, StreamItem
+
+SPECS = Path(__file__).resolve().parent / "data" / "specs"  # copies of the reference specs (see its README)
 TGI_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TGI_INFO: dict[str, Any] = {  # what TGI 3.x answers on /info (fields of the spec's `Info`)
     "model_id": TGI_MODEL,
@@ -148,7 +154,7 @@ def tgi_error(message: str, error_type: str) -> dict[str, str]:
 
 
 def openai_chunks(
-    pieces: list[str], *, model: str = "meta-llama/Llama-3.1-8B-Instruct", finish_reason: str = "stop"
+    pieces: list[str], *, model: str = "meta-llama/Llama-3.1-8B-Instruct", finish_reason: str | None = "stop"
 ) -> list[dict[str, Any] | str]:
     """A chat-completions stream as TGI's Messages API records it (see
     specs/tgi-snapshots/test_chat_hfhub_usage.json): one chunk per token, a last chunk with the
@@ -175,6 +181,40 @@ def openai_chunks(
             }
         )
     return [*chunks, "data: [DONE]\n\n"]
+
+
+@dataclass
+class Drained:
+    """What one stream gave: its text deltas, its Finish, or the error it raised."""
+
+    deltas: list[str]
+    finish: Finish | None
+    error: BackendError | None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.deltas)
+
+
+async def drain(stream: AsyncIterator[StreamItem]) -> Drained:
+    """Read a backend stream to its end, checking the contract on the way: text deltas, then
+    exactly one Finish as the last item when it ends normally, and none when it fails."""
+    deltas: list[str] = []
+    finish: Finish | None = None
+    try:
+        async with aclosing(stream) as items:
+            async for item in items:
+                assert finish is None, f"{item!r} came after the Finish {finish!r}"
+                if isinstance(item, Finish):
+                    finish = item
+                else:
+                    assert isinstance(item, str), f"{item!r} is neither text nor a Finish"
+                    deltas.append(item)
+    except BackendError as err:
+        assert finish is None, "a stream that failed also sent a Finish"
+        return Drained(deltas, None, err)
+    assert finish is not None, "the stream ended without a Finish"
+    return Drained(deltas, finish, None)
 
 
 class StandinServer:

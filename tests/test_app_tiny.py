@@ -22,7 +22,7 @@ def app(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield running
 
 
-def test_a_turn_on_a_local_model_streams_and_a_failed_round_says_why(app: RunningApp) -> None:
+def test_a_turn_on_a_local_model_streams_and_a_rejected_round_says_why(app: RunningApp) -> None:
     assert app.ctx.generation_limit == 1  # one local generation at a time
     c = Client(app.url, verbose=False)
     job = c.submit("Hello there", api_name="/respond")
@@ -30,12 +30,14 @@ def test_a_turn_on_a_local_model_streams_and_a_failed_round_says_why(app: Runnin
     final = updates[-1]
     assert final[OUT_CHAT][0]["content"][0]["text"] == "Hello there"
     panel = panel_text(final[OUT_PANEL])
-    assert "Critique · round 1 · failed" in panel and "Round 1 failed:** unparseable output" in panel
-    assert "nothing to vote on" in c.predict(api_name="/vote_left")[-1]  # no complete revision to compare
+    # the random model never ends its critique: it is cut off at the token limit and rejected
+    assert "Critique · round 1 · rejected" in panel
+    assert "Revision 1 was not used:** it was cut off at the token limit" in panel
+    assert "nothing to vote on" in c.predict(api_name="/vote_left")[-1]  # no accepted revision to compare
     turn = app.rows("SELECT id, model, error FROM turns WHERE prompt = 'Hello there'")
     assert len(turn) == 1 and turn[0][1] == "tiny-model0" and turn[0][2] is None
-    assert app.rows("SELECT round_index, status, stop_reason FROM rounds WHERE turn_id = ?", turn[0][0]) == [
-        (1, "failed", "failed")]
+    assert app.rows("SELECT round_index, status, stop_reason, rejection, finish_reason FROM rounds WHERE turn_id = ?",
+                    turn[0][0]) == [(1, "rejected", "rejected", "cut_off", "length")]
 
 
 def test_a_prompt_longer_than_the_context_is_refused_clearly(app: RunningApp) -> None:

@@ -18,7 +18,7 @@ from refine.events import BaseDelta, BaseDone, CritiqueDelta, RevisionDelta, Rou
 from refine.loop import LoopConfig, refine_turn
 from ui.chat_events import prompt_problem
 from ui.context import Controls
-from ui.render import error_text, panel_messages, reveal, stats_rows
+from ui.render import chat_messages, error_text, panel_messages, reveal, stats_rows
 from ui.session import ChatSession, VoteState, comparable_pairs, for_turn, show, vote_key, with_vote
 from ui.turns import ActiveTurns, TurnRun
 from ui.view import TurnView
@@ -158,9 +158,35 @@ def test_failed_rounds_and_early_stops_say_why() -> None:
     texts = [m["content"] for m in panel_messages(failed)]
     assert "Round 1 failed:** unparseable output: no critique" in texts[2]
     assert panel_messages(failed)[1]["metadata"]["title"] == "Critique · round 1 · failed"
-    unchanged = _view(BaseDone("Hi", "base"), RoundStart(1, "m"), _done(1, "Hi", stop_reason="unchanged"),
-                      TurnDone("Hi", 1, "unchanged"))
-    assert "left the answer unchanged" in panel_messages(unchanged)[-1]["content"]
+    unchanged = _view(BaseDone("Hi", "base"), RoundStart(1, "m"),
+                      _done(1, "Hi!", status="rejected", rejection="unchanged", stop_reason="unchanged"),
+                      TurnDone("Hi", 0, "unchanged"))
+    assert "the revision changed nothing" in panel_messages(unchanged)[-1]["content"]
+
+
+def test_a_rejected_round_shows_why_and_its_text_collapsed_and_never_reaches_the_chat() -> None:
+    view = _view(BaseDelta("Hi"), BaseDone("Hi", "base"), RoundStart(1, "m"), CritiqueDelta(1, "Wrong"),
+                 RevisionDelta(1, "loop loop loop"))
+    session = ChatSession()
+    # while round 1 streams, the chat shows the base answer, not the revision being written
+    assert chat_messages(session, "Q", view)[-1]["content"] == "Hi"
+    view.apply(_done(1, "loop loop loop", status="rejected", rejection="looping", stop_reason="rejected",
+                     error="“loop …” repeated 9 times in a row"))
+    view.apply(TurnDone("Hi", 0, "rejected"))
+    panel = panel_messages(view)
+    texts = [m["content"] for m in panel]
+    assert panel[1]["metadata"]["title"] == "Critique · round 1 · rejected"
+    assert "Revision 1 was not used:** it repeated itself" in texts[2] and "repeated 9 times" in texts[2]
+    assert panel[3]["metadata"]["title"] == "Rejected revision 1" and texts[3] == "loop loop loop"
+    assert "its revision was not sound" in texts[-1]
+    assert view.versions() == {0: "Hi"}  # nothing to vote on but the original
+    assert chat_messages(session.after("Q", view, 1))[-1]["content"] == "Hi"
+
+
+def test_the_chat_shows_an_accepted_revision_as_soon_as_it_is_accepted() -> None:
+    view = _view(BaseDone("Draft", "base"), RoundStart(1, "m"), _done(1, "Better"), RoundStart(2, "m"),
+                 CritiqueDelta(2, "More"), RevisionDelta(2, "Best so far"))
+    assert chat_messages(ChatSession(), "Q", view)[-1]["content"] == "Better"
 
 
 @pytest.mark.parametrize("kind, words", [("unavailable", "could not be reached"), ("timeout", "too long to answer"),

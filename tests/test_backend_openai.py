@@ -4,12 +4,16 @@ APIs, over a real socket: what each sends on success and on failure."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from contextlib import aclosing
+from pathlib import Path
 
 import pytest
 
 from refine.backends.base import (
+    THINK_CLOSE,
+    THINK_OPEN,
     Backend,
     BackendError,
     BackendOverloaded,
@@ -17,8 +21,10 @@ from refine.backends.base import (
     BackendUnavailable,
     BadRequest,
     ContextTooLong,
+    Finish,
     GenerationParams,
     StreamBroken,
+    fold_system,
 )
 from refine.backends.openai_compat import OpenAICompatBackend, chat_completions_endpoint
 from refine.backends.retry import RetryingBackend
@@ -26,9 +32,12 @@ from tests.standin_servers import (
     SPECS,
     Cut,
     Pause,
+    Drained,
+    Recorded,
     Reply,
     StandinServer,
     check_openapi,
+    drain,
     json_reply,
     openai_chunks,
     refused_url,
@@ -79,13 +88,15 @@ async def make():
 async def collect(
     backend: Backend, params: GenerationParams = PARAMS
 ) -> tuple[list[str], BackendError | None]:
-    deltas: list[str] = []
-    try:
-        async for delta in backend.stream(MESSAGES, params):
-            deltas.append(delta)
-    except BackendError as err:
-        return deltas, err
-    return deltas, None
+    """(text deltas, error); the Finish is checked to come last (see `drain`) and left out."""
+    result = await drain(backend.stream(MESSAGES, params))
+    return result.deltas, result.error
+
+
+async def finished(backend: Backend, params: GenerationParams = PARAMS, messages=MESSAGES) -> Drained:
+    result = await drain(backend.stream(messages, params))
+    assert result.error is None, result.error
+    return result
 
 
 def recorded_chunks() -> list[dict]:
@@ -105,8 +116,9 @@ def test_standin_chunks_match_the_spec_and_the_recording():
 
 async def test_replays_a_recorded_tgi_stream(server, make):
     server.on("POST", PATH, sse_reply([*recorded_chunks(), "data: [DONE]\n\n"]))
-    deltas, err = await collect(make(server.url))
-    assert err is None and deltas == ["OK", "!"]  # the final usage chunk has no choices
+    result = await finished(make(server.url))
+    assert result.deltas == ["OK", "!"]  # the final usage chunk has no choices
+    assert result.finish == Finish("stop", "stop", 3)  # tokens from that usage chunk
 
 
 async def test_streams_one_delta_per_chunk_and_sends_the_request(server, make, monkeypatch):
@@ -404,3 +416,154 @@ async def test_a_consumer_that_stops_early_releases_the_stream(server, make):
             break  # e.g. the user pressed stop
     assert time.monotonic() - started < 1.0
     assert await collect(backend) == (PIECES, None)
+
+
+# --- why a generation ended -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reason", "finish"),
+    [
+        ("stop", Finish("stop", "stop")),
+        ("length", Finish("length", "length")),
+        ("content_filter", Finish("filtered", "content_filter")),
+        ("tool_calls", Finish("tool_calls", "tool_calls")),
+        ("function_call", Finish("tool_calls", "function_call")),
+        ("eos", Finish("unknown", "eos")),  # not an OpenAI reason: kept as the detail
+        (None, Finish("unknown")),  # [DONE] without any finish reason
+    ],
+)
+async def test_finish_reason_ends_the_stream(server, make, reason, finish):
+    server.on("POST", PATH, sse_reply(openai_chunks(PIECES, finish_reason=reason)))
+    result = await finished(make(server.url))
+    assert result.deltas == PIECES and result.finish == finish
+
+
+async def test_retrying_backend_passes_the_finish_through(server, make):
+    server.on("POST", PATH, sse_reply(openai_chunks(["Cut", " sh"], finish_reason="length")))
+    result = await finished(RetryingBackend(make(server.url), retries=1))
+    assert result.text == "Cut sh" and result.finish == Finish("length", "length")
+
+
+# --- stop strings -----------------------------------------------------------------------------
+
+
+async def test_at_most_four_stop_strings_are_sent_and_all_apply_client_side(server, make):
+    stops = ("\nA:", "\nB:", "\nC:", "\nD:", "✓")
+    server.on("POST", PATH, sse_reply(openai_chunks(PIECES)))
+    result = await finished(make(server.url), GenerationParams(max_new_tokens=32, stop=stops))
+    assert server.requests_to(PATH)[0].json["stop"] == list(stops[:4])
+    assert result.text == "Deep red, like " and result.finish == Finish("stop", "stop_string")
+
+
+async def test_a_server_that_ignores_stop_strings_is_cut_and_hung_up_on(server, make):
+    # The stop string arrives split over two chunks, then the server would go on for seconds.
+    pieces = ["Revision:", " Paris", ".\nCri", "tique:", " more"]
+    server.on("POST", PATH, sse_reply([*openai_chunks(pieces)[:4], Pause(5), *openai_chunks(pieces)[4:]]))
+    backend = make(server.url, timeout=10.0)
+    started = time.monotonic()
+    result = await finished(backend, GenerationParams(max_new_tokens=32, stop=("\nCritique:",)))
+    assert result.text == "Revision: Paris." and result.finish == Finish("stop", "stop_string")
+    assert time.monotonic() - started < 1.0  # the connection was closed, not read to its end
+
+
+async def test_text_held_back_for_a_possible_stop_string_is_released_at_the_end(server, make):
+    server.on("POST", PATH, sse_reply(openai_chunks(["Paris", ".\nCrit"])))
+    result = await finished(make(server.url), GenerationParams(max_new_tokens=32, stop=("\nCritique:",)))
+    assert result.deltas == ["Paris", ".", "\nCrit"] and result.finish == Finish("stop", "stop")
+
+
+# --- reasoning sent apart from the answer ------------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+
+
+def reasoning_chunk(reasoning: str = "", content: str | None = None, *, field: str = "reasoning_content",
+                    finish_reason: str | None = None) -> dict:
+    delta = {"role": "assistant", "content": content, field: reasoning or None}
+    return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
+async def test_a_stream_with_only_reasoning_is_text_in_think_tags_not_an_error(server, make):
+    body = (DATA / "cases" / "reasoning-only-answer" / "base.sse").read_bytes()  # reasoning, then length
+    server.on("POST", PATH, Reply(200, {"Content-Type": "text/event-stream"}, steps=[body]))
+    result = await finished(make(server.url))
+    reasoning = "The user wants a joke. Let me think The user wants a joke. Let me think "
+    assert result.deltas == [THINK_OPEN, reasoning, THINK_CLOSE]
+    assert result.finish == Finish("length", "length")
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_reasoning_comes_first_in_think_tags_then_the_answer(server, make, field):
+    chunks = [
+        reasoning_chunk("Colours", field=field),
+        reasoning_chunk(": red.", field=field),
+        reasoning_chunk(content="Red", field=field),
+        reasoning_chunk("late thought", content=".", field=field),  # after the answer began: dropped
+        reasoning_chunk(content="", finish_reason="stop", field=field),
+        "data: [DONE]\n\n",
+    ]
+    server.on("POST", PATH, sse_reply(chunks))
+    result = await finished(make(server.url))
+    assert result.deltas == [THINK_OPEN, "Colours", ": red.", THINK_CLOSE, "Red", "."]
+    assert result.finish == Finish("stop", "stop")
+
+
+async def test_a_stream_cut_while_reasoning_keeps_the_reasoning_as_partial(server, make):
+    server.on("POST", PATH, sse_reply([reasoning_chunk("Hmm"), Cut()]))
+    _, err = await collect(make(server.url))
+    assert type(err) is StreamBroken and err.partial == THINK_OPEN + "Hmm"
+
+
+# --- servers that refuse a system message ------------------------------------------------------
+
+
+class RefusesSystem(StandinServer):
+    """Answers 400 to any request with a system message (as vLLM serving Gemma does), else
+    streams an answer."""
+
+    def next_reply(self, request: Recorded) -> Reply:
+        super().next_reply(request)
+        if any(m["role"] == "system" for m in request.json["messages"]):
+            return json_reply({"error": {"message": "System role not supported", "type": "BadRequestError",
+                                         "code": 400}}, 400)
+        return sse_reply(openai_chunks(PIECES))
+
+
+async def test_a_refused_system_message_is_folded_and_remembered(make, caplog):
+    caplog.set_level(logging.INFO, logger="refine.backends.openai_compat")
+    with RefusesSystem() as server:
+        backend = make(server.url)
+        for _ in range(2):
+            result = await finished(backend)
+            assert result.text == "".join(PIECES) and result.finish == Finish("stop", "stop")
+        sent = [r.json["messages"] for r in server.requests_to(PATH)]
+    # the first request is refused and sent again folded; the second is folded straight away
+    assert sent == [MESSAGES, fold_system(MESSAGES), fold_system(MESSAGES)]
+    assert sent[1] == [{"role": "user", "content": "Be brief.\n\nName a colour."}]
+    notes = [r.getMessage() for r in caplog.records if "folding system prompts" in r.getMessage()]
+    assert len(notes) == 1 and "System role not supported" in notes[0] and KEY not in notes[0]
+
+
+async def test_a_bad_request_that_folding_does_not_cure_is_raised(server, make):
+    message = "temperature must be non-negative"
+    refusal = {"error": {"message": message, "type": "BadRequestError", "code": 400}}
+    server.on("POST", PATH, json_reply(refusal, 400))
+    backend = make(server.url)
+    _, err = await collect(backend)
+    assert type(err) is BadRequest and message in err.message
+    assert [r.json["messages"] for r in server.requests_to(PATH)] == [MESSAGES, fold_system(MESSAGES)]
+    await collect(backend)
+    assert len(server.requests_to(PATH)) == 4  # nothing remembered: folding did not help
+
+
+async def test_no_folding_for_a_prompt_that_is_too_long_or_has_no_system_message(server, make):
+    server.on("POST", PATH, json_reply(TOO_LONG_LLAMA_CPP, 400))
+    backend = make(server.url)
+    _, err = await collect(backend)
+    assert type(err) is ContextTooLong and len(server.requests_to(PATH)) == 1
+    refusal = {"error": {"message": "bad", "type": "BadRequestError", "code": 400}}
+    server.on("POST", PATH, json_reply(refusal, 400))
+    result = await drain(backend.stream(MESSAGES[1:], PARAMS))
+    assert type(result.error) is BadRequest and len(server.requests_to(PATH)) == 2

@@ -16,8 +16,10 @@ from refine.backends.base import (
     BackendUnavailable,
     BadRequest,
     ContextTooLong,
+    Finish,
     GenerationParams,
     StreamBroken,
+    fold_system,
 )
 from refine.backends.retry import RetryingBackend, backoff_delay
 from refine.backends.tgi import TGIBackend, render_prompt
@@ -27,7 +29,9 @@ from tests.standin_servers import (
     TGI_MODEL,
     Cut,
     Pause,
+    Drained,
     check_openapi,
+    drain,
     json_reply,
     refused_url,
     sse_reply,
@@ -78,13 +82,15 @@ async def make(tokenizer_dir: str):
 async def collect(
     backend: Backend, params: GenerationParams = GREEDY
 ) -> tuple[list[str], BackendError | None]:
-    deltas: list[str] = []
-    try:
-        async for delta in backend.stream(MESSAGES, params):
-            deltas.append(delta)
-    except BackendError as err:
-        return deltas, err
-    return deltas, None
+    """(text deltas, error); the Finish is checked to come last (see `drain`) and left out."""
+    result = await drain(backend.stream(MESSAGES, params))
+    return result.deltas, result.error
+
+
+async def finished(backend: Backend, params: GenerationParams = GREEDY, messages=MESSAGES) -> Drained:
+    result = await drain(backend.stream(messages, params))
+    assert result.error is None, result.error
+    return result
 
 
 def test_standin_speaks_the_openapi_spec():
@@ -109,7 +115,8 @@ async def test_streams_one_delta_per_token_and_sends_template_adapter_and_token(
     deltas, err = await collect(backend, params)
 
     assert err is None
-    assert deltas == TOKENS  # one per token, the special EOS left out
+    # one per token, the special EOS left out; the "\n" waits to see whether "\n\n" follows
+    assert deltas == [*TOKENS[:5], "\n"]
     assert "".join(deltas) == "Hello, world ✓\n"
     [request] = server.requests_to("/generate_stream")
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
@@ -371,3 +378,82 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap():
     assert backoff_delay(0, base=0.5, cap=8, rand=lambda: 0.999) < 0.5
     assert backoff_delay(3, base=0.5, cap=8, rand=lambda: 0.0) == 2.0
     assert backoff_delay(10, base=0.5, cap=8, rand=lambda: 0.999) < 8
+
+
+# --- why a generation ended -------------------------------------------------------------------
+
+
+async def test_finish_reason_from_the_last_events_details(server, make):
+    backend = make(server.url)
+    server.on("POST", "/generate_stream", sse_reply(tgi_events(TOKENS)))
+    assert (await finished(backend)).finish == Finish("stop", "eos_token", len(TOKENS) + 1)  # + EOS
+    server.on("POST", "/generate_stream", sse_reply(tgi_events(["Cut", " sh"], eos=None)))
+    result = await finished(backend)
+    assert result.text == "Cut sh" and result.finish == Finish("length", "length", 2)
+    stopped = tgi_events(["A", "\n\n"], eos=None)
+    stopped[-1]["details"]["finish_reason"] = "stop_sequence"
+    server.on("POST", "/generate_stream", sse_reply(stopped))
+    assert (await finished(backend)).finish == Finish("stop", "stop_sequence", 2)
+    no_details = tgi_events(["A"])
+    no_details[-1]["details"] = None  # a server that ignored `details: true`
+    server.on("POST", "/generate_stream", sse_reply(no_details))
+    assert (await finished(backend)).finish == Finish("unknown")
+
+
+async def test_retrying_backend_passes_the_finish_through(server, make):
+    server.on("POST", "/generate_stream", sse_reply(tgi_events(["x"], eos=None)))
+    result = await finished(retrying(make(server.url)))
+    assert result.text == "x" and result.finish == Finish("length", "length", 1)
+
+
+# --- stop strings -----------------------------------------------------------------------------
+
+
+async def test_stop_strings_beyond_the_servers_limit_are_applied_client_side(make):
+    stops = ("\nA:", "\nB:", "\nC:", "✓")
+    with tgi_server(max_stop_sequences=2) as server:
+        server.on("POST", "/generate_stream", sse_reply(tgi_events(TOKENS)))
+        result = await finished(make(server.url), GenerationParams(max_new_tokens=64, stop=stops))
+        assert server.requests_to("/generate_stream")[0].json["parameters"]["stop"] == ["\nA:", "\nB:"]
+    assert result.text == "Hello, world " and result.finish == Finish("stop", "stop_string")
+
+
+async def test_a_server_that_ignores_stop_strings_is_cut_and_hung_up_on(server, make):
+    tokens = ["Revision:", " Paris", ".\nCri", "tique:", " more"]
+    events = tgi_events(tokens)
+    server.on("POST", "/generate_stream", sse_reply([*events[:4], Pause(5), *events[4:]]))
+    started = time.monotonic()
+    params = GenerationParams(max_new_tokens=64, stop=("\nCritique:",))
+    result = await finished(make(server.url, timeout=10.0), params)
+    assert result.text == "Revision: Paris." and result.finish == Finish("stop", "stop_string")
+    assert time.monotonic() - started < 1.0  # the connection was closed, not read to its end
+    assert server.requests_to("/generate_stream")[0].json["parameters"]["stop"] == ["\nCritique:"]
+
+
+# --- a chat template that refuses a system message --------------------------------------------
+
+REFUSING_TOKENIZER = Path(__file__).parent / "data" / "tokenizer_refuses_system"
+WITH_SYSTEM = [{"role": "system", "content": "Be brief."}, *MESSAGES]
+
+
+async def test_a_template_that_refuses_system_gets_it_folded(server, make):
+    from transformers import AutoTokenizer
+
+    server.on("POST", "/generate_stream", sse_reply(tgi_events(["Red"])))
+    result = await finished(make(server.url, tokenizer=str(REFUSING_TOKENIZER)), messages=WITH_SYSTEM)
+    assert result.text == "Red"
+    expected = AutoTokenizer.from_pretrained(REFUSING_TOKENIZER).apply_chat_template(
+        fold_system(WITH_SYSTEM), tokenize=False, add_generation_prompt=True
+    )
+    assert "Be brief.\n\nName a colour." in expected
+    assert server.requests_to("/generate_stream")[0].json["inputs"] == expected
+
+
+async def test_a_conversation_the_template_refuses_is_a_clear_bad_request(server, make):
+    backend = make(server.url, tokenizer=str(REFUSING_TOKENIZER))
+    result = await drain(backend.stream([*WITH_SYSTEM, *MESSAGES], GREEDY))  # user, user: not alternating
+    err = result.error
+    assert type(err) is BadRequest and "\n" not in err.message and "Traceback" not in err.message
+    assert "tokenizer_refuses_system" in err.message and "also with the system prompt folded" in err.message
+    assert err.message.endswith("Conversation roles must alternate user/assistant/user/assistant/...")
+    assert server.requests_to("/generate_stream") == []

@@ -105,3 +105,32 @@ def test_prompts_are_shared_by_training_and_inference() -> None:
     multi = cnr_messages([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
                           {"role": "user", "content": "2+2?"}], "5")
     assert "User: hi\n\nAssistant: hello\n\nUser: 2+2?" in multi[-1]["content"]
+
+
+def test_labels_in_markdown_emphasis_headings_other_case_or_on_one_line() -> None:
+    for text in ("**Critique:** Sydney is wrong.\n**Revision:** Canberra.",
+                 "**Critique**: Sydney is wrong.\n**Revision**: Canberra.",
+                 "## Critique\nSydney is wrong.\n## Revision\nCanberra.",
+                 "CRITIQUE: Sydney is wrong.\nrevision: Canberra.",
+                 "Critique: Sydney is wrong. Revision: Canberra."):
+        parsed = parse_cnr(text)
+        assert (parsed.ok, parsed.critique, parsed.revision) == (True, "Sydney is wrong.", "Canberra."), text
+    # "revision:" inside a sentence of the critique is not a label
+    parsed = parse_cnr("Critique: The answer needs revision: add the year.\nRevision: In 1913.")
+    assert (parsed.critique, parsed.revision) == ("The answer needs revision: add the year.", "In 1913.")
+    # emphasis that belongs to the revision stays
+    assert parse_cnr("Critique: x\nRevision: **Canberra** is the capital.").revision == "**Canberra** is the capital."
+    assert parse_cnr("**Critique:** **Nothing to fix.**").nothing_to_fix
+
+
+def test_the_revision_ends_at_a_second_label_or_template_text() -> None:
+    for tail in ("\nCritique: Nothing to fix.\nRevision: Canberra.", "\n**Revision:** Canberra again.",
+                 "<|im_end|>\n<|im_start|>user\nThanks", "</s>", "\n<end_of_turn>", " [INST] more", "<think>x</think>"):
+        text = "Critique: Sydney is wrong.\nRevision: The capital is Canberra." + tail
+        parser, pieces = feed_all(chunked(text, list(range(0, len(text), 3))))
+        parsed = parser.finish()
+        assert parsed.revision == "The capital is Canberra.", tail
+        assert parsed.overrun.strip() == tail.strip() and parser.done
+        assert "".join(t for s, t in pieces if s == "revision").strip() == "The capital is Canberra."
+    assert has_format_text("Fine.\n**Critique:** again") == "**Critique:**"
+    assert has_format_text("A list:\n- Critique of pure reason") is None

@@ -174,3 +174,29 @@ def test_table_and_plot(tmp_path: Path) -> None:
     assert lines[3].split()[:2] == ["2", "—"]
     out = save_plot({"vs original": rates, "vs previous": rates[:1]}, tmp_path / "plots" / "win.png", title="t")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_round_outcomes_count_what_became_of_each_round(engine: Engine) -> None:
+    from db.stats import round_outcomes
+    from db.store import record_round
+    from refine.events import RoundDone, Timing
+    from refine.outcomes import tally
+
+    def done(k: int, status: str, **kw) -> RoundDone:
+        return RoundDone(round=k, model="c", critique="c", revision="r", status=status,
+                         timing=Timing(duration=2.0, tokens=40), **kw)
+
+    turns = [record_turn(engine, prompt=f"q{i}", answer="a", model="m", backend="local") for i in range(4)]
+    record_round(engine, turns[0], done(1, "complete"))
+    record_round(engine, turns[0], done(2, "rejected", rejection="looping", stop_reason="rejected"))
+    record_round(engine, turns[1], done(1, "complete", nothing_to_fix=True, stop_reason="nothing_to_fix"))
+    record_round(engine, turns[2], done(1, "rejected", rejection="unchanged", stop_reason="unchanged"))
+    record_round(engine, turns[3], done(1, "rejected", rejection="cut_off", stop_reason="rejected"))
+    rows = tally(round_outcomes(engine)).rows()
+    assert rows[0] == {"round": 1, "accepted": 1, "nothing_to_fix": 1, "unchanged": 1, "rejected:cut_off": 1,
+                       "rejected:looping": 0, "rounds": 4, "tokens_per_s": 20.0}
+    assert rows[1]["rejected:looping"] == 1 and rows[1]["rounds"] == 1
+    assert rows[2]["round"] == "all" and rows[2]["rounds"] == 5
+    table = tally(round_outcomes(engine)).markdown()
+    assert table.splitlines()[0] == ("| round | accepted | nothing to fix | unchanged | rejected: cut off | "
+                                     "rejected: looping | rounds | tokens/s |")

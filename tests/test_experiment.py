@@ -12,12 +12,16 @@ from click.testing import CliRunner
 
 from refine.cli import main
 from refine.judging.judge import read_verdicts
-from tests.standin_servers import StandinServer, openai_chunks, sse_reply
+from tests.standin_servers import Recorded, Reply, StandinServer, openai_chunks, sse_reply
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SECRET = "sk-never-written-7f3a"
 ARTEFACTS = {"command.txt", "settings.json", "prompts.jsonl", "revised.jsonl", "verdicts.jsonl", "stats.md",
-             "stats.json", "winrate.png"}
+             "stats.json", "winrate.png", "outcomes.md"}
+# Long enough not to collapse any of the sample answers (acceptance rule `collapsed`).
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh",
+            "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth", "seventeenth", "eighteenth")
+REVISION = " ".join(f"The {w} step explains the {w} part of the question." for w in ORDINALS)
 
 
 def experiment(out: Path, model: Path, *extra: str):
@@ -48,6 +52,7 @@ def test_experiment_on_a_tiny_model_writes_every_artefact(tmp_path: Path, tiny_m
     stats = json.loads((out / "stats.json").read_text())
     assert stats["rounds"][0]["skipped"] == 2 and stats["rounds"][0]["win_rate"] is None
     assert "| vs original | 1" in (out / "stats.md").read_text() and "| vs original | 1" in result.output
+    assert "| 1 | 2 | 2 |" in (out / "outcomes.md").read_text()  # round 1: 2 failed of 2
     png = (out / "winrate.png").read_bytes()
     assert png.startswith(PNG_SIGNATURE)
     from matplotlib.image import imread
@@ -75,11 +80,19 @@ def test_experiment_on_a_tiny_model_writes_every_artefact(tmp_path: Path, tiny_m
     assert other.exit_code == 1 and "judge.vs_previous: False then, True now" in other.output
 
 
+class TwoRevisions(StandinServer):
+    """Revises an original answer to REVISION, and REVISION to REVISION plus one sentence."""
+
+    def next_reply(self, request: Recorded) -> Reply:
+        self.requests.append(request)
+        revised = f"Response to improve:\n{REVISION}" in request.json["messages"][-1]["content"]
+        text = REVISION + (" It also links the sources." if revised else "")
+        return sse_reply(openai_chunks(["Critique: Too short.", f"\nRevision: {text}"]))
+
+
 def test_experiment_with_parseable_revisions_and_a_local_judge(tmp_path: Path, tiny_model_dir: Path) -> None:
     out = tmp_path / "run"
-    with StandinServer() as cnr:
-        cnr.on("POST", "/v1/chat/completions",
-               sse_reply(openai_chunks(["Critique: Too short.", "\nRevision: A longer, better answer."])))
+    with TwoRevisions() as cnr:
         result = experiment(out, tiny_model_dir, "--cnr-backend", "openai", "--cnr-url", cnr.url, "--vs-previous")
         assert result.exit_code == 0, result.output
         assert len(cnr.requests_to("/v1/chat/completions")) == 4  # 2 prompts × 2 rounds
@@ -88,13 +101,13 @@ def test_experiment_with_parseable_revisions_and_a_local_judge(tmp_path: Path, t
     assert keys == [(p, k, v) for p in ("alpaca_eval-0", "alpaca_eval-20")
                     for k, v in ((1, "original"), (2, "original"), (2, "previous"))]
     by_key = {(v["id"], v["round"], v["versus"]): v for v in verdicts}
-    # round 2 repeated round 1's revision: vs previous is a tie without asking the judge
-    assert by_key[("alpaca_eval-0", 2, "previous")]["outcome"] == "tie"
     # the tiny random judge never writes a verdict line: recorded as unparseable, with its raw answers
     judged = by_key[("alpaca_eval-0", 1, "original")]
     assert judged["outcome"] == "unparseable" and len(judged["orders"]) == 2
     assert all(o["verdict"] is None and o["raw"] for o in judged["orders"])
-    assert judged["revision_words"] == 4 and judged["length_ratio"] == pytest.approx(4 / judged["baseline_words"])
+    words = len(REVISION.split())
+    assert judged["revision_words"] == words and judged["length_ratio"] == pytest.approx(words / judged["baseline_words"])
     rounds = json.loads((out / "stats.json").read_text())["rounds"]
     assert [(r["series"], r["round"], r["unparseable"], r["ties"], r["n"]) for r in rounds] == [
-        ("vs original", 1, 2, 0, 0), ("vs original", 2, 2, 0, 0), ("vs previous", 2, 0, 2, 2)]
+        ("vs original", 1, 2, 0, 0), ("vs original", 2, 2, 0, 0), ("vs previous", 2, 2, 0, 0)]
+    assert "| 1 | 2 |" in (out / "outcomes.md").read_text()  # round 1: 2 accepted

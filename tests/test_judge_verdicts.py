@@ -27,6 +27,10 @@ from refine.judging.verdicts import combine, order_outcome, parse_verdict
     ("Answer B covers the question fully.\nVerdict: B", "B"),
     ("Verdict: A\nVerdict: A", "A"),  # repeated, agreeing
     ("<think>Maybe Verdict: B? No.</think>\nVerdict: A", "A"),  # a reasoning model's thoughts are ignored
+    ("## Verdict: B", "B"),  # Markdown heading
+    ("### **Verdict:** tie", "tie"),
+    ("> Verdict: A", "A"),  # quoted
+    ("__VERDICT__: a", "A"),
 ])
 def test_valid_verdicts(text: str, verdict: str) -> None:
     parsed = parse_verdict(text)

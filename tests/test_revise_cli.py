@@ -53,9 +53,14 @@ def test_revise_writes_rounds_resumes_and_stores(tmp_path: Path) -> None:
     assert q1["generator"] == "some-model" and q1["response"] == "7"
     assert [r["round"] for r in q1["rounds"]] == [1, 2]
     assert q1["rounds"][0] | {"ttft": None, "duration": None} == {
-        "round": 1, "critique": "Wrong.", "revision": "12", "status": "complete", "stop_reason": None,
-        "nothing_to_fix": False, "error": None, "ttft": None, "duration": None, "tokens": 3}
+        "round": 1, "critique": "Wrong.", "revision": "12", "status": "complete", "rejection": None,
+        "stop_reason": None, "nothing_to_fix": False, "error": None, "finish_reason": "stop", "ttft": None,
+        "duration": None, "tokens": 3}
+    # round 2 copied round 1: rejected as unchanged, and round 1's revision stays the answer
     assert q1["rounds"][1]["stop_reason"] == "unchanged" and q1["final"] == "12" and q1["stop_reason"] == "unchanged"
+    assert (q1["rounds"][1]["status"], q1["rounds"][1]["rejection"]) == ("rejected", "unchanged")
+    # the run ends with what became of the rounds
+    assert "What became of the rounds" in second.stderr and "| accepted | unchanged |" in second.stderr
     # row 2 had no answer: the base model wrote one first
     assert lines[1]["response"] == "Critique: Wrong.\nRevision: 12"
 
@@ -63,7 +68,7 @@ def test_revise_writes_rounds_resumes_and_stores(tmp_path: Path) -> None:
         turns = conn.execute("select answer from turns order by id").fetchall()
         rounds = conn.execute("select turn_id, revision, status from rounds order by turn_id, id").fetchall()
     assert turns == [("7",), ("Critique: Wrong.\nRevision: 12",)]
-    assert rounds == [(1, "12", "complete"), (1, "12", "complete"), (2, "12", "complete"), (2, "12", "complete")]
+    assert rounds == [(1, "12", "complete"), (1, "12", "rejected"), (2, "12", "complete"), (2, "12", "rejected")]
 
 
 def test_invalid_input_is_refused_with_line_numbers(tmp_path: Path) -> None:

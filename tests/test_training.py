@@ -136,7 +136,7 @@ def test_run_folder_contents(resumed_run) -> None:
 
 
 def test_adapter_loads_into_local_backend_and_generates(resumed_run, tiny_model_dir: Path) -> None:
-    from refine.backends.base import GenerationParams
+    from refine.backends.base import Finish, GenerationParams
     from refine.backends.local import LocalBackend, LocalModel
 
     out, _, _ = resumed_run
@@ -146,7 +146,8 @@ def test_adapter_loads_into_local_backend_and_generates(resumed_run, tiny_model_
 
         async def collect() -> list[str]:
             messages = [{"role": "user", "content": "What is 2 + 2?"}]
-            return [d async for d in backend.stream(messages, GenerationParams(max_new_tokens=8))]
+            return [d async for d in backend.stream(messages, GenerationParams(max_new_tokens=8))
+                    if not isinstance(d, Finish)]
 
         deltas = asyncio.run(collect())
         assert deltas and "".join(deltas)

@@ -33,7 +33,7 @@ def test_shipped_adapter_files_are_lean() -> None:
 
 
 def test_shipped_adapter_outputs_parse_on_heldout_prompts() -> None:
-    from refine.backends.base import GenerationParams
+    from refine.backends.base import GenerationParams, collect
     from refine.backends.local import LocalBackend, LocalModel
     from refine.cnr_format import cnr_messages, parse_cnr
     from refine.records import read_records
@@ -49,7 +49,8 @@ def test_shipped_adapter_outputs_parse_on_heldout_prompts() -> None:
 
         async def run(record) -> str:
             messages = cnr_messages(record.chat(), record.response)
-            return "".join([d async for d in backend.stream(messages, GenerationParams(max_new_tokens=160))])
+            text, _ = await collect(backend.stream(messages, GenerationParams(max_new_tokens=160)))
+            return text
 
         outputs = [asyncio.run(run(r)) for r in plain + nochange]
     finally:

@@ -89,8 +89,9 @@ def _round_messages(r: RoundView) -> list[ChatMessage]:
         why = RULE_TEXT.get(r.rejection or "", r.rejection or "it was rejected")
         out.append({"role": "assistant", "content": f"↩️ **Revision {r.index} was not used:** {why}"
                     + (f" ({r.error})" if r.error else "") + ". The previous answer stands."})
-        out.append({"role": "assistant", "content": r.revision or "_(empty)_",
-                    "metadata": {"title": f"Rejected revision {r.index}", "status": "done"}})
+        if r.revision:
+            out.append({"role": "assistant", "content": r.revision,
+                        "metadata": {"title": f"Rejected revision {r.index}", "status": "done"}})
     elif r.phase == "judging":
         out.append({"role": "assistant", "content": f"**Revision {r.index}** (the judge is comparing it with the "
                                                     f"current answer)\n\n{r.revision or THINKING}"})

@@ -1,7 +1,9 @@
 """The embedded backend: a transformers model in this process, streaming token by token.
 
 One worker thread per loaded model runs generations one at a time, in arrival order (FIFO),
-so concurrent callers queue fairly; a caller that stops reading cancels its generation.
+so concurrent callers queue fairly; a caller that stops reading cancels its generation. The
+worker also cuts the text at the stop strings (ending the generation there) and says why each
+generation ended: end-of-turn token, stop string or `max_new_tokens`.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from refine.backends.base import BackendError, ContextTooLong, GenerationParams, Message
-from refine.text import StopStringFilter
+from refine.backends.base import BackendError, ContextTooLong, Finish, GenerationParams, Message, StreamItem
+from refine.backends.templates import render_chat
 from refine.embedded import EMBEDDED_NAME, embedded_gguf
+from refine.text import StopStringFilter
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +108,43 @@ class _IncrementalDecoder:
         return after[len(before):]
 
 
+class _GeneratedOnly:
+    """A logits processor applied to the generated tokens only (the prompt is left out)."""
+
+    def __init__(self, inner: Any, prompt_length: int) -> None:
+        self.inner, self.prompt_length = inner, prompt_length
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        return self.inner(input_ids[:, self.prompt_length:], scores)
+
+
+def generate_kwargs(params: GenerationParams, prompt_length: int = 0) -> dict[str, Any]:
+    """The decoding arguments of `model.generate()` for these settings: greedy or sampling, and
+    the repetition controls when set (`repetition_penalty` != 1.0, `no_repeat_ngram_size` > 0)
+    as logits processors that look at the generated tokens only — the first `prompt_length`
+    tokens are exempt, so a revision may copy the answer it revises (transformers' own
+    `repetition_penalty=` and `no_repeat_ngram_size=` would count the prompt too).
+    `max_new_tokens`, the streamer and the stopping criteria are added by the caller."""
+    from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    kwargs: dict[str, Any] = {"do_sample": False}
+    if params.temperature > 0:
+        kwargs = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+    processors = []
+    if params.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty, prompt_ignore_length=prompt_length))
+    if params.no_repeat_ngram_size > 0:
+        processors.append(_GeneratedOnly(NoRepeatNGramLogitsProcessor(params.no_repeat_ngram_size), prompt_length))
+    if processors:
+        kwargs["logits_processor"] = LogitsProcessorList(processors)
+    return kwargs
+
+
 @dataclass
 class _Job:
+    """One generation: its request, and the consumer's queue of StreamItems (a `Finish` or an
+    exception is the last item)."""
+
     messages: list[Message]
     params: GenerationParams
     loop: asyncio.AbstractEventLoop
@@ -114,7 +152,24 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
-_DONE = object()
+@dataclass
+class _Progress:
+    """What the worker saw of one generation: tokens generated (the end-of-turn token included),
+    whether an end-of-turn token came, and the stop-string filter over the text."""
+
+    stops: StopStringFilter
+    tokens: int = 0
+    eos: bool = False
+
+    def finish(self, max_new_tokens: int) -> Finish:
+        """Why the generation ended, once `generate()` has returned."""
+        if self.stops.stopped:
+            return Finish("stop", "stop_string", self.tokens)
+        if self.eos:
+            return Finish("stop", "eos", self.tokens)
+        if self.tokens >= max_new_tokens:
+            return Finish("length", "max_new_tokens", self.tokens)
+        return Finish("unknown", "generate() ended early", self.tokens)
 
 
 def _post(job: _Job, item: object) -> None:
@@ -147,9 +202,15 @@ class LocalModel:
         return f"{base}+{Path(self.adapter).name}" if self.adapter else base
 
     def encode(self, messages: list[Message]) -> Any:
-        """Token ids of a chat rendered with the model's chat template, generation prompt added."""
-        return self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        """Token ids (and attention mask, as tensors of shape [1, n]) of a chat rendered with the
+        model's chat template, generation prompt added. A template that refuses the system role
+        gets the system prompt folded into the first user message; BadRequest if it still refuses."""
+        return render_chat(
+            lambda chat: self.tokenizer.apply_chat_template(
+                chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            ),
+            messages,
+            template_of=f"model {self.name!r}",
         )
 
     def submit(self, job: _Job) -> None:
@@ -166,14 +227,17 @@ class LocalModel:
             if job.cancelled.is_set():
                 continue
             try:
-                self._generate(job)
-                result: object = _DONE
+                result: object = self._generate(job)
+            except BackendError as exc:  # a typed refusal (context, template): no traceback to log
+                log.info("local generation refused: %s", exc.message)
+                result = exc
             except Exception as exc:  # reported to the caller, never kills the worker
                 log.exception("local generation failed")
                 result = exc
             _post(job, result)
 
-    def _generate(self, job: _Job) -> None:
+    def _generate(self, job: _Job) -> Finish:
+        """Run one generation, posting its text deltas to the job; return why it ended."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
@@ -188,6 +252,7 @@ class LocalModel:
         decoder = _IncrementalDecoder(self.tokenizer)
         configured = self.model.generation_config.eos_token_id
         eos = {self.tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
+        progress = _Progress(StopStringFilter(job.params.stop))
 
         class Streamer(BaseStreamer):
             prompt_seen = False
@@ -197,33 +262,38 @@ class LocalModel:
                     self.prompt_seen = True
                     return
                 for token_id in value.reshape(-1).tolist():
+                    progress.tokens += 1
                     if token_id in eos:
+                        progress.eos = True
                         continue
                     text = decoder.push(token_id)
-                    if text:
-                        _post(job, text)
+                    if text and (piece := progress.stops.push(text)):
+                        _post(job, piece)
 
             def end(self) -> None:
                 pass
 
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                return torch.full((input_ids.shape[0],), job.cancelled.is_set(), dtype=torch.bool)
+        class Ended(StoppingCriteria):
+            """Stops at the next token once the consumer left or a stop string came."""
 
-        sampling: dict[str, Any] = {"do_sample": False}
-        if job.params.temperature > 0:
-            sampling = {"do_sample": True, "temperature": job.params.temperature, "top_p": job.params.top_p}
-            if job.params.seed is not None:
-                torch.manual_seed(job.params.seed)
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                done = job.cancelled.is_set() or progress.stops.stopped
+                return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
+
+        if job.params.temperature > 0 and job.params.seed is not None:
+            torch.manual_seed(job.params.seed)
         with torch.inference_mode():
             self.model.generate(
                 **inputs.to(self.model.device),
                 max_new_tokens=job.params.max_new_tokens,
                 streamer=Streamer(),
-                stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                stopping_criteria=StoppingCriteriaList([Ended()]),
                 pad_token_id=self.tokenizer.pad_token_id,
-                **sampling,
+                **generate_kwargs(job.params, prompt_length=inputs["input_ids"].shape[1]),
             )
+        if tail := progress.stops.flush():
+            _post(job, tail)
+        return progress.finish(job.params.max_new_tokens)
 
 
 class LocalBackend:
@@ -236,18 +306,20 @@ class LocalBackend:
     def model_id(self) -> str:
         return self.local.name
 
-    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
+    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[StreamItem]:
+        """Text deltas (about one per token, cut before any stop string), then the `Finish`:
+        ("stop", "eos"), ("stop", "stop_string") or ("length", "max_new_tokens"), with the number
+        of tokens generated. Queued behind the model's other generations; leaving early (closing
+        the stream) cancels this one."""
         loop = asyncio.get_running_loop()
         job = _Job(messages=messages, params=params, loop=loop, out=asyncio.Queue())
         self.local.submit(job)
         produced: list[str] = []
-        stops = StopStringFilter(params.stop)
         try:
             while True:
                 item = await job.out.get()
-                if item is _DONE:
-                    if tail := stops.flush():
-                        yield tail
+                if isinstance(item, Finish):
+                    yield item
                     return
                 if isinstance(item, BaseException):
                     partial = "".join(produced)
@@ -255,10 +327,7 @@ class LocalBackend:
                         raise item.with_partial(partial) from item
                     raise BackendError(f"local generation failed: {item}", partial=partial) from item
                 produced.append(item)
-                if piece := stops.push(item):
-                    yield piece
-                if stops.stopped:
-                    return
+                yield item
         finally:
             job.cancelled.set()
 

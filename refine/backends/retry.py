@@ -2,8 +2,8 @@
 
 A retryable failure (unavailable, timeout, overloaded) that happens before any text has been
 yielded is retried; once a delta has gone out, nothing is retried (the caller already has part
-of an answer) and the inner backend's error, carrying `partial`, passes through unchanged.
-Works around any `Backend`, remote or local.
+of an answer) and the inner backend's error, carrying `partial`, passes through unchanged, as
+does the closing `Finish`. Works around any `Backend`, remote or local.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
-from refine.backends.base import Backend, BackendError, GenerationParams, Message
+from refine.backends.base import Backend, BackendError, GenerationParams, Message, StreamItem
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +46,17 @@ class RetryingBackend:
     def model_id(self) -> str:
         return self.inner.model_id
 
-    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
-        """The inner stream, restarted after a retryable failure that came before any delta."""
+    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[StreamItem]:
+        """The inner stream (its deltas and Finish as they are), restarted after a retryable
+        failure that came before any item."""
         attempt = 0
         while True:
             started = False
             try:
                 async with aclosing(self.inner.stream(messages, params)) as deltas:
-                    async for delta in deltas:
+                    async for item in deltas:
                         started = True
-                        yield delta
+                        yield item
                 return
             except BackendError as err:
                 if started or not err.retryable or attempt >= self.retries:

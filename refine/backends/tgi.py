@@ -2,9 +2,11 @@
 
 The chat template is applied here, with the model's own tokenizer, and the prompt goes to
 `/generate_stream` (one event per token; the last carries `generated_text` and, because
-`details: true` is sent, the finish reason). `/info` gives the served model id and its token
-limits, so a prompt that cannot fit fails before it is sent. `adapter_id` selects a LoRA adapter
-loaded in the same server (TGI's `LORA_ADAPTERS`). See `sse.py` for why httpx is used directly.
+`details: true` is sent, the finish reason, which becomes the stream's `Finish`). `/info` gives
+the served model id, its token limits (a prompt that cannot fit fails before it is sent) and how
+many stop sequences it accepts (more are applied client-side only). `adapter_id` selects a LoRA
+adapter loaded in the same server (TGI's `LORA_ADAPTERS`). See `sse.py` for why httpx is used
+directly.
 """
 
 from __future__ import annotations
@@ -19,9 +21,19 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from refine.backends.base import BackendError, ContextTooLong, GenerationParams, Message, StreamBroken
+from refine.backends.base import (
+    BackendError,
+    ContextTooLong,
+    Finish,
+    GenerationParams,
+    Message,
+    StreamBroken,
+    StreamItem,
+)
 from refine.backends.http_errors import after_first_delta, error_from_event, is_error_payload
 from refine.backends.sse import EventStreamClient, parse_body
+from refine.backends.streams import finish_from_server, stop_at_strings
+from refine.backends.templates import render_chat
 
 
 class TGIBackend:
@@ -77,10 +89,17 @@ class TGIBackend:
         """Return if `/health` answers 200; raise BackendUnavailable (503) or another typed error."""
         await self._http.get("/health")
 
-    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
-        """Yield the answer one token at a time (special tokens such as EOS are left out)."""
-        body = {"inputs": await self._prompt(messages, params), "parameters": self._parameters(params)}
+    def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[StreamItem]:
+        """Yield the answer one token at a time (special tokens such as EOS are left out), cut
+        before any stop string, then the `Finish` from the last event's `details` ("stop" for
+        `eos_token` / `stop_sequence` or a stop string seen here, "length", else "unknown")."""
+        return stop_at_strings(self._stream(messages, params), params.stop)
+
+    async def _stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[StreamItem]:
+        prompt = await self._prompt(messages, params)
+        body = {"inputs": prompt, "parameters": self._parameters(params, await self.info())}
         text: list[str] = []
+        finish: Finish | None = None
         try:
             async with aclosing(self._http.events("/generate_stream", body)) as events:
                 async for event in events:
@@ -96,19 +115,24 @@ class TGIBackend:
                         text.append(token.get("text", ""))
                         yield text[-1]
                     if payload.get("generated_text") is not None:
-                        return
-            raise StreamBroken(f"{self._http.where} ended the stream before its last token")
+                        finish = _finish(payload.get("details"))
+                        break
+            if finish is None:
+                raise StreamBroken(f"{self._http.where} ended the stream before its last token")
         except BackendError as err:
             if text:
                 raise after_first_delta(err, "".join(text)) from err
             raise
+        yield finish
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""
         await self._http.aclose()
 
-    def _parameters(self, params: GenerationParams) -> dict[str, Any]:
-        # TGI refuses temperature <= 0 and top_p outside (0, 1): greedy is `do_sample: false`.
+    def _parameters(self, params: GenerationParams, info: dict[str, Any]) -> dict[str, Any]:
+        """The request's `parameters`. TGI refuses temperature <= 0 and top_p outside (0, 1):
+        greedy is `do_sample: false`. Stop strings beyond `/info`'s `max_stop_sequences` are not
+        sent (TGI would refuse the request); the client-side cut still applies them."""
         out: dict[str, Any] = {
             "max_new_tokens": params.max_new_tokens,
             "details": True,  # the server's default is false, despite its schema
@@ -119,8 +143,10 @@ class TGIBackend:
             out["temperature"] = params.temperature
             if params.top_p < 1.0:
                 out["top_p"] = params.top_p
-        if params.stop:
-            out["stop"] = list(params.stop)
+        limit = info.get("max_stop_sequences")
+        stop = [s for s in params.stop if s][: limit if isinstance(limit, int) and limit >= 0 else None]
+        if stop:
+            out["stop"] = stop
         if params.seed is not None:
             out["seed"] = params.seed
         if self._adapter:
@@ -136,7 +162,10 @@ class TGIBackend:
                 self._tokenizer = await asyncio.to_thread(load_tokenizer, name)
         # On the loop thread: a few milliseconds, and a fast tokenizer shared between threads can
         # fail with "Already borrowed" when requests run concurrently.
-        prompt, n_tokens = render_prompt(self._tokenizer, messages)
+        template_of = f"tokenizer {getattr(self._tokenizer, 'name_or_path', '') or self._tokenizer_name!r}"
+        prompt, n_tokens = render_chat(
+            lambda chat: render_prompt(self._tokenizer, chat), messages, template_of=template_of
+        )
         max_input = info.get("max_input_tokens") or info.get("max_input_length")
         max_total = info.get("max_total_tokens")
         if max_input and n_tokens > max_input:
@@ -149,6 +178,13 @@ class TGIBackend:
                 f"{max_total} total tokens {self._http.where} allows; shorten the conversation or lower max_new_tokens"
             )
         return prompt
+
+
+def _finish(details: Any) -> Finish:
+    """The Finish of the last event's `details` (absent or null: "unknown")."""
+    if not isinstance(details, dict):
+        return finish_from_server(None)
+    return finish_from_server(details.get("finish_reason"), details.get("generated_tokens"))
 
 
 @functools.lru_cache(maxsize=4)

@@ -22,7 +22,9 @@ SCORES: dict[str, float] = {"win": 1.0, "tie": 0.5, "inconsistent": 0.5, "loss":
 # One whole line `Verdict: X`, tolerating case, markdown emphasis or quotes around the parts,
 # "Answer A", brackets and a final full stop — but nothing else on the line.
 _DECOR = r"[\s*_`'\"\[\]()]*"
-_LINE = re.compile(rf"^{_DECOR}verdict{_DECOR}[:：]{_DECOR}(?:answer\s+)?(a|b|tie){_DECOR}\.?{_DECOR}$", re.IGNORECASE)
+_HEADING = r"(?:>\s*)?(?:#{1,6}\s*)?"  # a Markdown heading or quote before the label
+_LINE = re.compile(rf"^{_HEADING}{_DECOR}verdict{_DECOR}[:：]{_DECOR}(?:answer\s+)?(a|b|tie){_DECOR}\.?{_DECOR}$",
+                   re.IGNORECASE)
 _THINKING = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 
 

@@ -1,0 +1,102 @@
+"""The acceptance rules (refine.acceptance) on real answers: strong models' answers are never
+flagged, the small CnR model's degenerate revisions are."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from refine.acceptance import (
+    AcceptanceConfig, asks_to_remove, check_loop, check_revision, longest_repeat, similarity,
+)
+from refine.backends.base import Finish
+
+DATA = Path(__file__).parent / "data"
+CONFIG = AcceptanceConfig()
+STOP = Finish("stop", "eos")
+
+
+def alpaca_answers() -> list[tuple[str, str]]:
+    """(generator/id, answer) of the 808 AlpacaEval answers shipped in tests/data."""
+    out = []
+    for path in sorted((DATA / "alpaca_eval").glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            out.append((f"{path.stem}/{row['id']}", row["response"]))
+    return out
+
+
+def test_no_strong_model_answer_counts_as_a_loop() -> None:
+    answers = alpaca_answers()
+    assert len(answers) == 808
+    flagged = [(name, check_loop(text, CONFIG).detail) for name, text in answers if not check_loop(text, CONFIG).accepted]
+    assert flagged == []
+    # the threshold keeps a margin over the most repetitive real answer (a Falcon list: 4.07 copies)
+    assert max(longest_repeat(text)[0] for _, text in answers) < 0.85 * CONFIG.max_repeats
+
+
+def test_strong_answers_accepted_as_revisions_of_themselves_only_when_changed() -> None:
+    for name, text in alpaca_answers()[:50]:
+        assert check_revision(text, "Add a closing line.", text, STOP, CONFIG).rule == "unchanged", name
+        edited = text + "\n\nI hope this helps."
+        assert check_revision(text, "Add a closing line.", edited, STOP, CONFIG).accepted, name
+
+
+def loops() -> list[str]:
+    """Degenerate revisions written by the shipped 135M adapter (tests/data/looping_revisions.jsonl)."""
+    return [json.loads(line)["revision"] for line in (DATA / "looping_revisions.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("revision", loops())
+def test_the_small_models_loops_are_flagged(revision: str) -> None:
+    judgement = check_revision("Some answer.", "It is wrong.", revision, STOP, CONFIG)
+    assert judgement.rule == "looping"
+    assert "repeated" in judgement.detail
+
+
+def test_a_repeated_sentence_is_a_loop_but_a_table_of_numbers_is_not() -> None:
+    sentence = "The output is not correct because the function returns the wrong value. "
+    assert check_loop("Intro. " + sentence * 6, CONFIG).rule == "looping"
+    assert check_loop("Intro. " + sentence * 3, CONFIG).accepted
+    table = "| a | b |\n|---|---|\n" + "| 1 | 1 |\n" * 40
+    assert check_loop(table, CONFIG).accepted
+    assert check_loop("1 1 1 1 " * 50, CONFIG).accepted
+
+
+def test_a_cut_off_revision_is_rejected_whatever_its_text() -> None:
+    judgement = check_revision("Sydney.", "Wrong city.", "The capital of Australia is Canb", Finish("length"), CONFIG)
+    assert judgement.rule == "cut_off" and "token limit" in judgement.detail
+    assert check_revision("a", "b", "c d", Finish("unknown"), CONFIG).rule == "cut_off"
+    assert check_revision("a", "b", "c d", Finish("filtered"), CONFIG).rule == "cut_off"
+
+
+def test_format_text_in_a_revision_is_rejected() -> None:
+    for bad in ("Fine.\nCritique: Nothing to fix.", "Fine.<|im_end|>", "Fine.\n**Revision:** again",
+                "<think>hmm</think> Fine.", "Fine. [INST] next"):
+        assert check_revision("Bad.", "Wrong.", bad, STOP, CONFIG).rule == "markers", bad
+
+
+def test_a_collapsed_revision_is_rejected_unless_the_critique_asks_to_cut() -> None:
+    answer = " ".join(f"Point {i} explains one more detail of the topic." for i in range(10))  # 80 words
+    stub = "Point 1 explains the topic."
+    assert check_revision(answer, "It misses the date.", stub, STOP, CONFIG).rule == "collapsed"
+    assert check_revision(answer, "It is far too long; keep only the first point.", stub, STOP, CONFIG).accepted
+    # short answers may shrink freely
+    assert check_revision("The capital of Australia is Sydney, a big city.", "Wrong.", "Canberra.", STOP, CONFIG).accepted
+
+
+def test_removal_words_and_similarity() -> None:
+    assert asks_to_remove("Remove the second paragraph.") and asks_to_remove("The answer is too long.")
+    assert not asks_to_remove("The answer misses the year.")
+    assert similarity("Hello, World!", "hello world") == 1.0
+    assert similarity("3 times 4 is 7.", "3 times 4 is 12.") < 1.0  # numbers count
+
+
+def test_thresholds_come_from_the_config() -> None:
+    loop = "One two three four. " * 4
+    assert check_loop(loop, AcceptanceConfig(max_repeats=3)).rule == "looping"
+    assert check_loop(loop, AcceptanceConfig(max_repeats=5)).accepted
+    strict = AcceptanceConfig(unchanged_similarity=0.8)
+    assert check_revision("a b c d e f g h i j", "x", "a b c d e f g h i k", STOP, strict).rule == "unchanged"
