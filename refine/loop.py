@@ -177,18 +177,14 @@ def _judge_candidate(gen: _Generation, current: str, config: LoopConfig) -> Cand
 
 
 def _pick(candidates: list[Candidate], winners: list[int] | None) -> int:
-    """The index of the candidate the round reports: a winner (or, without a selector, the first
-    accepted or nothing-to-fix candidate), else the first rejected, else the first."""
+    """The index of the candidate the round reports: the best winner (with a selector) or the
+    first accepted or nothing-to-fix candidate (without one); else the first rejected one, else
+    the first."""
     if winners:
         return winners[0]
     usable = [i for i, c in enumerate(candidates) if c.status == "complete" and (winners is None or c.nothing_to_fix)]
-    if usable:
-        return usable[0]
-    for status in ("cancelled", "rejected"):
-        found = [i for i, c in enumerate(candidates) if c.status == status]
-        if found:
-            return found[0]
-    return 0
+    rejected = [i for i, c in enumerate(candidates) if c.status == "rejected"]
+    return (usable or rejected or [0])[0]
 
 
 async def _select(conversation: list[Message], current: str, candidates: list[Candidate], selector: Selector,
@@ -290,7 +286,8 @@ async def refine_turn(
         candidates = [_judge_candidate(g, current, config) for g in generations]
         winners: list[int] | None = None
         failure = next((g.error for g in generations if g.error is not None), None)
-        if selector is not None and not _cancelled(cancel) and failure is None:
+        cancelled = any(g.cancelled for g in generations)
+        if selector is not None and failure is None and not cancelled:
             try:
                 async for item in _select(conversation, current, candidates, selector, k):
                     if isinstance(item, list):
@@ -298,20 +295,19 @@ async def refine_turn(
                     else:
                         yield item
             except BackendError as exc:
-                failure = exc
-                yield ErrorEvent(stage="round", kind=exc.kind, message=f"the judge failed: {exc.message}", round=k)
-        chosen = _pick(candidates, winners)
+                failure = type(exc)(f"the judge failed: {exc.message}", status=exc.status)
+        chosen = len(candidates) - 1 if failure is not None or cancelled else _pick(candidates, winners)
         c = candidates[chosen]
         timing = Timing(ttft=c.timing.ttft, duration=time.perf_counter() - started,
                         tokens=sum(x.timing.tokens for x in candidates))
         common: dict[str, Any] = dict(round=k, model=cnr.model_id, critique=c.critique, raw=c.raw, timing=timing,
                                       finish_reason=c.finish_reason, candidates=tuple(candidates), chosen=chosen)
-        if c.status == "cancelled":
+        if cancelled:
             yield RoundDone(**common, revision=c.revision, status="cancelled", stop_reason="cancelled")
             stop = "cancelled"
             break
-        if c.status == "failed" or (failure is not None and c.status != "complete"):
-            if failure is not None:
+        if failure is not None or c.status == "failed":
+            if failure is not None:  # a backend error (of the CnR model or the judge) ends the round
                 yield ErrorEvent(stage="round", kind=failure.kind, message=failure.message, round=k, partial=c.raw)
             yield RoundDone(**common, revision=c.revision, status="failed", stop_reason="failed",
                             error=failure.message if failure is not None else c.detail)

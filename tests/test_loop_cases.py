@@ -206,3 +206,17 @@ async def test_a_revision_the_judge_does_not_prefer_is_rejected() -> None:
 def test_candidates_are_bounded(candidates: int) -> None:
     with pytest.raises(ValueError, match="candidates"):
         LoopConfig(candidates=candidates)
+
+
+async def test_a_judge_that_fails_fails_the_round_and_keeps_the_answer() -> None:
+    config = replace(CONFIG, rounds=1)
+    with StandinServer() as cnr_server, StandinServer() as judge_server:
+        cnr_server.on("POST", PATH, sse_reply(openai_chunks(["Critique: Wrong.\nRevision: The capital is Canberra."])))
+        judge_server.on("POST", PATH, Reply(500, {"Content-Type": "application/json"}, b'{"error": "boom"}'))
+        judge = OpenAICompatBackend(judge_server.url, timeout=5)
+        events = await run(cnr_server, response="Sydney.", config=config, selector=JudgeSelector(judge))
+        await judge.aclose()
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert len(errors) == 1 and errors[0].stage == "round" and errors[0].message.startswith("the judge failed")
+    done = rounds_of(events)[0]
+    assert done.status == "failed" and events[-1] == TurnDone(final="Sydney.", rounds_completed=0, stop_reason="failed")
