@@ -83,3 +83,32 @@ def test_invalid_input_is_refused_with_line_numbers(tmp_path: Path) -> None:
     assert f"{bad}:4: 'messages' must end with a user turn" in result.stderr
     assert "--skip-invalid" in result.stderr
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_revise_on_a_local_model_whose_template_refuses_a_system_role(tmp_path: Path) -> None:
+    """../shared/cases/template-refuses-system: a Gemma-like template raises on a system message.
+    `revise` folds the system prompt into the user turn instead of crashing."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(ROOT / "tests" / "data" / "tokenizer_refuses_system")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                         eos_token_id=2, bos_token_id=1, pad_token_id=0, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model_dir = tmp_path / "gemma-like"
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    rows = write_rows(tmp_path / "one.jsonl", [{"id": "r1", "prompt": "What is the capital of Australia?",
+                                                "response": "Sydney."}])
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "REFINE_CNR_ADAPTER": "none", "REFINE_CNR_MODE": "trained"}
+    result = subprocess.run([sys.executable, "-m", "refine", "revise", "--input", str(rows), "--output", str(out),
+                             "--cnr-model", str(model_dir), "--rounds", "1", "--cnr-max-new-tokens", "8",
+                             "--dtype", "float32"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "TemplateError" not in result.stderr
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+    # the random model's round runs (and is rejected as cut off): it was not refused by the template
+    assert row["rounds"][0]["status"] == "rejected" and row["rounds"][0]["rejection"] == "cut_off"
+    assert row["final"] == "Sydney."
