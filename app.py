@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls
 import click  # noqa: E402
 
 from refine.cli_options import model_options, settings_from  # noqa: E402
+from refine.errors import DEBUG_OPTION, ExplainingCommand, as_click, debug_enabled  # noqa: E402
 from refine.settings import Settings  # noqa: E402
 
 log = logging.getLogger("refine.app")
@@ -73,17 +75,16 @@ def database_url(settings: Settings) -> str:
 
 def build(settings: Settings) -> Any:
     """Everything `python app.py` sets up, up to the (not yet launched) Blocks and its context."""
-    from sqlalchemy.engine import make_url
-
     from db import open_database
+    from db.engine import parse_url
     from refine import space_backup
-    from refine.backends import BackendPool
+    from refine.backends import BackendPool, check_cnr_adapter
     from refine.selection import build_selector
-    from ui import AppContext, build_app
 
     settings = with_model_fallback(settings)
+    check_cnr_adapter(settings)  # a missing or mismatched adapter: said before minutes of loading
     url = database_url(settings)
-    parsed = make_url(url)
+    parsed = parse_url(url)  # a malformed URL: said before the app is built
     db_file = Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
     backup = bool(settings.backup_repo)
     if backup and db_file is None:
@@ -101,6 +102,8 @@ def build(settings: Settings) -> Any:
     banner = space_backup.persistence_warning(settings)
     if banner:
         log.warning("no REFINE_DATABASE_URL and no REFINE_BACKUP_REPO: collected data is lost when the Space restarts")
+    from ui import AppContext, build_app
+
     pool = BackendPool(settings)
     # A judge is offered as selector when one is configured (REFINE_SELECT=judge or a judge model/URL).
     judged = settings.select == "judge" or bool(settings.judge_url or settings.judge_model)
@@ -111,7 +114,7 @@ def build(settings: Settings) -> Any:
     return build_app(ctx), ctx
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]},
+@click.command(cls=ExplainingCommand, context_settings={"help_option_names": ["-h", "--help"]},
                epilog="Secrets come from the environment only: REFINE_ADMIN_TOKEN (unlocks the Data tab), "
                       "REFINE_BASE_API_KEY / REFINE_CNR_API_KEY, REFINE_BACKUP_TOKEN (else HF_TOKEN), "
                       "REFINE_VOTER_SALT.")
@@ -130,22 +133,26 @@ def build(settings: Settings) -> Any:
 @click.option("--backup-repo", help="Dataset repo for a scheduled backup of the SQLite database, restored at start.")
 @click.option("--backup-every", type=float, help="Minutes between backups [default 10].")
 @model_options
+@DEBUG_OPTION
 def main(**options: Any) -> None:
     """Serve Refine: chat with a model, watch a critique-and-revise model refine each answer
-    round after round, vote blind on the versions, and write your own feedback."""
+    round after round, vote blind on the versions, and write your own feedback.
+
+    A setting, model, adapter or database that cannot be used stops the start with one sentence
+    (--debug or REFINE_DEBUG=1 for the traceback)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "alembic.runtime.plugins"):  # one line per request / per plugin
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from refine.backends.base import BackendError
-    from refine.embedded import EmbeddedModelMissing
-    from ui import launch
-
     settings = settings_from(options)
     try:
         demo, ctx = build(settings)
-    except (BackendError, EmbeddedModelMissing, OSError, ValueError) as exc:  # a model, adapter or database
+    except Exception as exc:  # noqa: BLE001 - a model, adapter or database that cannot be used: one sentence
         log.debug("start-up failed", exc_info=True)
-        raise click.ClickException(f"cannot start: {exc}") from exc
+        if debug_enabled():
+            traceback.print_exc()
+        raise as_click(exc, "cannot start: ") from None
+    from ui import launch
+
     launch(demo, ctx)
 
 

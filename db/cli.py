@@ -10,7 +10,7 @@ from db.export_cli import DB_OPTION
 def _url(db_url: str | None) -> str | None:
     from refine.settings import Settings
 
-    return db_url or Settings().database_url
+    return db_url or Settings().database_url  # --db is already a URL (DB_OPTION)
 
 
 @click.group(name="db")
@@ -36,8 +36,14 @@ def upgrade(revision: str, db_url: str | None) -> None:
 def current(db_url: str | None) -> None:
     """Show the database's revision and the newest one shipped."""
     from db import migrate
+    from db.engine import make_engine
 
-    revision = migrate.current(_url(db_url))
+    engine = make_engine(_url(db_url))
+    try:
+        revision = migrate.current(engine)
+        migrate.check_known(revision, engine)  # a newer Refine's database: no upgrade can help
+    finally:
+        engine.dispose()
     head = migrate.head()
     state = "up to date" if revision == head else "needs `python -m refine db upgrade`"
     click.echo(f"{revision or 'empty'} (head: {head}, {state})")

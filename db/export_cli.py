@@ -7,8 +7,18 @@ from pathlib import Path
 
 import click
 
-DB_OPTION = click.option("--db", "db_url", default=None, metavar="URL",
-                         help="SQLAlchemy URL (default: REFINE_DATABASE_URL, else the SQLite file in the data folder).")
+from refine.cli_paths import OUTPUT_FILE
+
+
+def _db_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from db.engine import cli_url
+
+    return cli_url(value)
+
+
+DB_OPTION = click.option("--db", "db_url", default=None, metavar="URL", callback=_db_url,
+                         help="SQLAlchemy URL or SQLite file path (default: REFINE_DATABASE_URL, else the SQLite file "
+                              "in the data folder).")
 
 
 def _engine(db_url: str | None):
@@ -24,7 +34,7 @@ def command() -> None:
 
 
 @command.command()
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=OUTPUT_FILE)
 @DB_OPTION
 def preferences(out: Path, db_url: str | None) -> None:
     """Votes with a winner as DPO preference pairs (JSONL).
@@ -41,7 +51,7 @@ def preferences(out: Path, db_url: str | None) -> None:
 
 
 @command.command()
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=OUTPUT_FILE)
 @DB_OPTION
 def feedback(out: Path, db_url: str | None) -> None:
     """Feedback as training records (JSONL).
@@ -62,7 +72,7 @@ def feedback(out: Path, db_url: str | None) -> None:
 
 @command.command()
 @click.argument("name")
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=OUTPUT_FILE)
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default=None,
               help="Default: from OUT's suffix (.csv → csv, else jsonl).")
 @DB_OPTION

@@ -7,6 +7,8 @@ import importlib
 
 import click
 
+from refine.errors import DEBUG_OPTION, ExplainErrors
+
 # name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, tuple[str, str]] = {
     "revise": ("refine.revise", "Critique and revise answers in a JSONL file, round after round."),
@@ -22,8 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class LazyGroup(click.Group):
-    """A group whose subcommands are imported on first use."""
+class LazyGroup(ExplainErrors, click.Group):
+    """A group whose subcommands are imported on first use. An error escaping a command is one
+    sentence on stderr and exit status 1, never a traceback (see refine.errors; `--debug` or
+    REFINE_DEBUG=1 shows it)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -42,6 +46,7 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name=None, version=__import__("refine").__version__)
+@DEBUG_OPTION
 def main() -> None:
     """Refine: improve LLM answers with natural-language critiques and revisions.
 

@@ -65,5 +65,6 @@ def settings_from(overrides: dict[str, Any]) -> Settings:
     try:
         return Settings(**given)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        raise click.UsageError(f"invalid settings: {problems}") from exc
+        from refine.errors import settings_problem
+
+        raise click.UsageError(settings_problem(exc)) from exc

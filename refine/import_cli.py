@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from refine.cli_paths import OUTPUT_FILE
 from refine.importers import IMPORTERS, ImportSchemaError, import_file, no_change_records
 from refine.records import write_jsonl
 
@@ -11,9 +14,7 @@ from refine.records import write_jsonl
 @click.command("import")
 @click.argument("fmt", metavar="FORMAT", type=click.Choice(sorted(IMPORTERS)))
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--output", "-o", required=True, type=click.Path(dir_okay=False), help="Records JSONL to write."
-)
+@click.option("--output", "-o", required=True, type=OUTPUT_FILE, help="Records JSONL to write.")
 @click.option(
     "--raw",
     type=click.Path(exists=True, dir_okay=False),
@@ -27,7 +28,7 @@ from refine.records import write_jsonl
     help="Add labelled 'Nothing to fix.' records (response = a reference answer) making up this "
     "share of the output. Only for records whose revision is a correct reference (Shepherd).",
 )
-def command(fmt: str, input_path: str, output: str, raw: str | None, no_change_share: float) -> None:
+def command(fmt: str, input_path: str, output: Path, raw: str | None, no_change_share: float) -> None:
     """Convert INPUT in a public schema (FORMAT) into Refine's feedback records.
 
     \b

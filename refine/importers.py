@@ -14,7 +14,6 @@ file, line and missing or mistyped field, for a row in another schema.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,31 +21,31 @@ from typing import Any
 from pydantic import ValidationError
 
 from refine.cnr_format import NOTHING_TO_FIX
+from refine.errors import FileProblem, RefineError
 from refine.records import FeedbackRecord
+from refine.textfiles import json_or_jsonl_values
 
 ALIGNER_CRITIQUE = "The response can be improved: it is corrected in the revision below."
 
 
-class ImportSchemaError(ValueError):
+class ImportSchemaError(RefineError, ValueError):
     """A row does not have the fields of the schema being imported."""
 
 
 def read_json_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """(line number, object) for each row of a JSONL file, or each element of a JSON array file."""
+    """(line number, object) for each row of a JSONL file, or each element of a JSON array file
+    (numbered by the line it starts on). Text that is not UTF-8, a line or array that does not
+    parse (or is cut off) raise ImportSchemaError naming the file and line."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        yield from enumerate(json.loads(text), start=1)
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ImportSchemaError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+    if not path.is_file():
+        raise ImportSchemaError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    try:
+        for number, value in json_or_jsonl_values(path):
+            if isinstance(value, FileProblem):  # a line that does not parse
+                raise ImportSchemaError(f"{value}; fix or delete the line")
+            yield number, value
+    except FileProblem as exc:
+        raise ImportSchemaError(str(exc)) from None
 
 
 def _field(row: Any, name: str, kind: type | tuple[type, ...], where: str, schema: str) -> Any:
@@ -54,12 +53,19 @@ def _field(row: Any, name: str, kind: type | tuple[type, ...], where: str, schem
         raise ImportSchemaError(f"{where}: expected a {schema} object, got {type(row).__name__}")
     if name not in row:
         raise ImportSchemaError(
-            f"{where}: not a row of the {schema} schema: missing field {name!r} (has {sorted(row)})"
+            f"{where}: not a row of the {schema} schema: missing field {name!r} (has {sorted(row)}); "
+            "is FORMAT right for this file?"
         )
     value = row[name]
     if not isinstance(value, kind):
-        raise ImportSchemaError(f"{where}: {schema} field {name!r} has type {type(value).__name__}")
+        raise ImportSchemaError(f"{where}: {schema} field {name!r} has type {type(value).__name__}, "
+                                f"expected {_type_names(kind)}; fix the row, or check that FORMAT fits the file")
     return value
+
+
+def _type_names(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
 
 
 def _record(where: str, **fields: Any) -> FeedbackRecord:
@@ -179,8 +185,8 @@ def import_file(fmt: str, path: str | Path, *, raw: str | Path | None = None) ->
     rows = read_json_rows(path)
     if fmt == "shepherd":
         raw_path = Path(raw) if raw else path.with_name("human_data_raw.jsonl")
-        if not raw_path.exists():
-            raise FileNotFoundError(f"{raw_path}: Shepherd's raw annotations (give --raw)")
+        if not raw_path.is_file():
+            raise ImportSchemaError(f"{raw_path}: no such file: Shepherd's raw annotations are needed (give --raw)")
         return list(shepherd(rows, _raw_index(raw_path), str(path)))
     return list(IMPORTERS[fmt](rows, str(path)))
 

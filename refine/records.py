@@ -3,7 +3,6 @@ reading from JSONL and CSV files."""
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -11,6 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from refine.errors import FileProblem, RefineError
+from refine.textfiles import csv_rows, jsonl_values
 
 
 class ChatMessage(BaseModel):
@@ -81,16 +83,26 @@ class RecordProblem:
         return f"{self.path}:{self.line}: {self.reason}"
 
 
-class InvalidRecordsError(ValueError):
-    """A file had invalid lines and skipping them was not asked for."""
+class InvalidRecordsError(RefineError, ValueError):
+    """A file had invalid lines and skipping them was not asked for. The message lists every
+    bad line (up to 20) as `file:line: reason`, and ends with one line that sums them up."""
 
-    def __init__(self, problems: list[RecordProblem]) -> None:
+    def __init__(self, problems: list[RecordProblem], hint: str = "pass --skip-invalid to leave such lines out") -> None:
         self.problems = problems
-        shown = "\n".join(f"  {p}" for p in problems[:20])
-        more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(
-            f"{len(problems)} invalid record(s); fix them or pass --skip-invalid:\n{shown}{more}"
-        )
+        first = problems[0]
+        self.details: list[str] = []  # shown before the summary (refine.errors)
+        if len(problems) == 1:
+            self.summary = f"{first}; fix the line, or {hint}"
+        else:
+            self.details = [f"  {p}" for p in problems[:20]]
+            if len(problems) > 20:
+                self.details.append(f"  … and {len(problems) - 20} more")
+            numbers = ", ".join(str(p.line) for p in problems[:10]) + (", …" if len(problems) > 10 else "")
+            files = {p.path for p in problems}
+            where = first.path if len(files) == 1 else f"{first.path} and {len(files) - 1} more file(s)"
+            self.summary = (f"{where}: {len(problems)} invalid lines (lines {numbers}, listed above); fix them, "
+                            f"or {hint}")
+        super().__init__("\n".join([*self.details, self.summary]))
 
 
 def _reason(error: ValidationError) -> str:
@@ -103,41 +115,35 @@ def _reason(error: ValidationError) -> str:
 
 
 def _raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object or an Exception) for each non-blank row of a JSONL/CSV file."""
+    """(line number, parsed object or an Exception) for each non-blank row of a JSONL/CSV file.
+    A CSV file that is not UTF-8 or not valid CSV raises FileProblem (its rows cannot be told apart)."""
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            for row in reader:
-                row = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
-                for key in ("messages", "meta"):
-                    if isinstance(row.get(key), str):
-                        try:
-                            row[key] = json.loads(row[key])
-                        except json.JSONDecodeError as exc:
-                            row[key] = ValueError(f"{key}: not valid JSON ({exc.msg})")
-                bad = [v for v in row.values() if isinstance(v, Exception)]
-                yield reader.line_num, (bad[0] if bad else row)
+        for number, row in csv_rows(path):
+            row = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+            for key in ("messages", "meta"):
+                if isinstance(row.get(key), str):
+                    try:
+                        row[key] = json.loads(row[key])
+                    except json.JSONDecodeError as exc:
+                        row[key] = ValueError(f"{key}: not valid JSON ({exc.msg})")
+            bad = [v for v in row.values() if isinstance(v, Exception)]
+            yield number, (bad[0] if bad else row)
         return
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield number, ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})")
+    for number, value in jsonl_values(path):
+        yield number, (ValueError(value.reason) if isinstance(value, FileProblem) else value)
 
 
 def read_rows(path: str | Path, model: type[BaseModel], *, skip_invalid: bool = False,
-              problems: list[RecordProblem] | None = None) -> list[Any]:
+              problems: list[RecordProblem] | None = None, hint: str | None = None) -> list[Any]:
     """Read and validate every row of a JSONL or CSV file as `model`.
 
     Raises InvalidRecordsError listing every bad line (file, line, reason) unless
-    `skip_invalid`; then bad lines are left out and appended to `problems`.
+    `skip_invalid`; then bad lines are left out and appended to `problems`. `hint` is what the
+    error tells the user to do besides fixing the lines (default: pass --skip-invalid).
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+    if not path.is_file():
+        raise FileProblem(path, None, "no such file" if not path.exists() else "not a file")
     good: list[Any] = []
     bad: list[RecordProblem] = []
     for number, raw in _raw_rows(path):
@@ -152,7 +158,7 @@ def read_rows(path: str | Path, model: type[BaseModel], *, skip_invalid: bool = 
         except ValidationError as exc:
             bad.append(RecordProblem(str(path), number, _reason(exc)))
     if bad and not skip_invalid:
-        raise InvalidRecordsError(bad)
+        raise InvalidRecordsError(bad, hint) if hint else InvalidRecordsError(bad)
     if problems is not None:
         problems.extend(bad)
     return good
@@ -176,10 +182,30 @@ def write_jsonl(path: str | Path, rows: Iterable[BaseModel | dict]) -> int:
 
 
 def end_cut_line(path: str | Path) -> None:
-    """Terminate a last line cut by an interruption, so rows appended next start on their own line."""
+    """Repair a last line cut by an interruption, so rows appended next start on their own line:
+    a cut line that is not a whole JSON value is dropped (its row runs again), a whole one only
+    gets its newline."""
     path = Path(path)
-    if path.exists() and path.stat().st_size:
-        with path.open("rb+") as fh:
-            fh.seek(-1, 2)
-            if fh.read(1) != b"\n":
-                fh.write(b"\n")
+    if not path.exists() or not path.stat().st_size:
+        return
+    with path.open("rb+") as fh:
+        fh.seek(-1, 2)
+        if fh.read(1) == b"\n":
+            return
+        cut = fh.seek(0, 2)
+        while cut > 0:  # find the start of the last line, reading backwards
+            step = min(cut, 1 << 16)
+            fh.seek(cut - step)
+            newline = fh.read(step).rfind(b"\n")
+            if newline >= 0:
+                cut = cut - step + newline + 1
+                break
+            cut -= step
+        fh.seek(cut)
+        last = fh.read()
+        try:
+            json.loads(last)
+        except ValueError:  # JSONDecodeError or UnicodeDecodeError: an incomplete row
+            fh.truncate(cut)
+            return
+        fh.write(b"\n")

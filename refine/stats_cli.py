@@ -5,9 +5,12 @@ files made by other tools."""
 from __future__ import annotations
 
 from pathlib import Path
+
 import click
 
 from db.export_cli import DB_OPTION
+from refine.cli_paths import OUTPUT_FILE, OUTPUT_FOLDER
+from refine.errors import RefineError
 from refine.judging.report import markdown, summary_table, write_report
 from refine.judging.stats import RoundSummary
 
@@ -32,7 +35,13 @@ def vote_summaries(db_url: str | None, *, n_boot: int, seed: int) -> list[RoundS
 def _foreign(path: Path, fmt: str, columns: str | None, values: str | None, json_path: Path | None) -> None:
     import json
 
-    from refine.verdict_formats import head_to_head, label_preferences, parse_mapping, read_alpaca_eval, read_table
+    from refine.verdict_formats import (
+        head_to_head,
+        label_preferences,
+        parse_mapping,
+        read_alpaca_eval,
+        read_table,
+    )
 
     if fmt == "alpaca_eval":
         groups = read_alpaca_eval(path)
@@ -62,10 +71,9 @@ def _foreign(path: Path, fmt: str, columns: str | None, values: str | None, json
 @click.option("--columns", help="For --format table: preference=COLUMN[,group=COLUMN[+COLUMN…]].")
 @click.option("--values", help="For --format table with labels instead of AlpacaEval numbers: "
               "win=LABEL[|LABEL…],loss=…,tie=… (win = the second output, the model evaluated, wins).")
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Save stats.md, stats.json and winrate.png here.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Save the plot (PNG) here.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Save the numbers (JSON) here.")
+@click.option("--out-dir", type=OUTPUT_FOLDER, help="Save stats.md, stats.json and winrate.png here.")
+@click.option("--plot", type=OUTPUT_FILE, help="Save the plot (PNG) here.")
+@click.option("--json", "json_path", type=OUTPUT_FILE, help="Save the numbers (JSON) here.")
 @click.option("--title", help="Title of the plot and the saved table.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(100), default=2000, show_default=True,
               help="Bootstrap resamples for the 95% CIs.")
@@ -88,21 +96,24 @@ def command(file: Path | None, verdicts: Path | None, db_url: str | None, fmt: s
     path = verdicts or file
     if path is not None and db_url is not None:
         raise click.UsageError("give a file or --db, not both")
-    try:
-        if path is not None and fmt != "verdicts":
-            if plot is not None:
-                raise click.UsageError("a plot is drawn per round; other tools' verdict files have no rounds")
+    # Problems with the files, the mappings or the database are explained by the CLI (refine.errors).
+    if path is not None and fmt != "verdicts":
+        if plot is not None:
+            raise click.UsageError("a plot is drawn per round; other tools' verdict files have no rounds")
+        try:
             _foreign(path, fmt, columns, values, json_path or (out_dir / "stats.json" if out_dir else None))
-            return
-        if path is not None:
-            from refine.judging.judge import read_verdicts
-            from refine.judging.stats import verdict_summaries
+        except RefineError:
+            raise
+        except ValueError as exc:  # a --columns / --values mapping that does not fit
+            raise click.ClickException(f"{exc} (in --columns / --values); see `python -m refine stats --help`") from exc
+        return
+    if path is not None:
+        from refine.judging.judge import load_verdicts
+        from refine.judging.stats import verdict_summaries
 
-            summaries, unit, source = verdict_summaries(read_verdicts(path), n_boot=n_boot, seed=seed), "prompts", str(path)
-        else:
-            summaries, unit, source = vote_summaries(db_url, n_boot=n_boot, seed=seed), "turns", "votes"
-    except (ValueError, KeyError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        summaries, unit, source = verdict_summaries(load_verdicts(path), n_boot=n_boot, seed=seed), "prompts", str(path)
+    else:
+        summaries, unit, source = vote_summaries(db_url, n_boot=n_boot, seed=seed), "turns", "votes"
     click.echo(summary_table(summaries, unit=unit))
     written = write_report(summaries, out_dir=out_dir, plot=plot, json_path=json_path, title=title, unit=unit,
                            meta={"source": source})

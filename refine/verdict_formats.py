@@ -10,8 +10,6 @@ alpaca_eval's `metrics.helpers.AbsoluteScoringRule.describe_head2head` (what its
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -19,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from refine.errors import FileProblem
+from refine.textfiles import csv_rows, json_or_jsonl_values
 
 WIN, LOSS, DRAW = 2.0, 1.0, 1.5
 
@@ -72,14 +73,21 @@ def head_to_head(preferences: Sequence[float | None], group: str = "all") -> Hea
                       discrete_win_rate=100 * discrete_rate, n_dropped=len(p) - len(valid))
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON array (e.g. AlpacaEval's annotations.json), JSONL or CSV file."""
-    text = path.read_text(encoding="utf-8")
+def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line, record) for each record of a JSON array (e.g. AlpacaEval's annotations.json), JSONL or
+    CSV file; text that is not UTF-8, a line, row or array that does not parse (or is cut off), or
+    a record that is not an object raise FileProblem naming the file and line."""
     if path.suffix.lower() == ".csv":
-        return list(csv.DictReader(text.splitlines()))
-    if text.lstrip().startswith("["):
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return list(csv_rows(path))
+    records = []
+    for number, value in json_or_jsonl_values(path):
+        if isinstance(value, FileProblem):
+            raise value
+        if not isinstance(value, dict):
+            raise FileProblem(path, number, f"expected an object (one record per line or array element), got "
+                                            f"{type(value).__name__}; fix the record")
+        records.append((number, value))
+    return records
 
 
 def _number(value: Any) -> float | None:
@@ -92,9 +100,10 @@ def _number(value: Any) -> float | None:
 def read_alpaca_eval(path: Path) -> dict[str, list[float | None]]:
     """Preferences of an AlpacaEval annotations file, grouped as '<generator_2> vs <generator_1>'."""
     groups: dict[str, list[float | None]] = {}
-    for record in read_records(path):
+    for number, record in read_records(path):
         if "preference" not in record:
-            raise ValueError(f"{path}: a record has no 'preference' field; is this AlpacaEval's annotations.json?")
+            raise FileProblem(path, number, "the record has no 'preference' field; is this AlpacaEval's "
+                                            "annotations.json? (else use --format table)")
         if "generator_2" in record:
             label = f"{record['generator_2']} vs {record.get('generator_1', 'baseline')}"
         else:
@@ -135,9 +144,10 @@ def read_table(path: Path, columns: Mapping[str, str], labels: Mapping[str, floa
     if unknown:
         raise ValueError(f"unknown column role(s) {', '.join(sorted(unknown))}; use preference and group")
     groups: dict[str, list[float | None]] = {}
-    for number, record in enumerate(read_records(path), start=1):
+    for number, record in read_records(path):
         if columns["preference"] not in record:
-            raise ValueError(f"{path}: row {number} has no column {columns['preference']!r}")
+            raise FileProblem(path, number, f"the row has no column {columns['preference']!r}; name the verdict "
+                                            f"column with --columns preference=COLUMN (it has {sorted(record)})")
         cell = record[columns["preference"]]
         value = labels.get(str(cell)) if labels is not None else _number(cell)
         group = " ".join(str(record.get(c, "")) for c in columns["group"].split("+")) if "group" in columns else "all"

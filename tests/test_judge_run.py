@@ -158,3 +158,35 @@ def test_a_line_cut_by_an_interruption_is_rejudged(tmp_path: Path, server: Stand
     assert judge(tmp_path, server).exit_code == 0
     assert [r["outcome"] for r in read_verdicts(tmp_path / "verdicts.jsonl")] == ["win"]
     assert len(server.requests_to(PATH)) == 2
+
+
+def test_a_remote_judge_without_a_model_name_records_the_model_it_reports(tmp_path: Path, server: StandinServer) -> None:
+    """A judge server left to serve its default model: rows name it by the model id it reports
+    (`judge_model`) and by its address (`judge`), never as the embedded model."""
+    write_rows(tmp_path / "revised.jsonl", [
+        revised_row("p1", "Red.", ("Crimson red.", "complete")),
+        revised_row("p2", "Blue.", ("Blue.", "complete")),  # identical: the judge is not asked
+    ])
+    reply = sse_reply(openai_chunks(["Verdict: B"], model="Qwen/Qwen2.5-72B-Instruct"))
+    server.on("POST", PATH, reply, sse_reply(openai_chunks(["Verdict: A"], model="Qwen/Qwen2.5-72B-Instruct")))
+    args = ["judge", "--input", str(tmp_path / "revised.jsonl"), "--output", str(tmp_path / "verdicts.jsonl"),
+            "--judge-backend", "openai", "--judge-url", server.url, "--retries", "0", "--concurrency", "1"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = {r["id"]: r for r in read_verdicts(tmp_path / "verdicts.jsonl")}
+    assert rows["p1"]["judge_model"] == "Qwen/Qwen2.5-72B-Instruct"
+    assert rows["p1"]["judge"].startswith("openai:default model at 127.0.0.1:") and "embedded" not in rows["p1"]["judge"]
+    assert rows["p2"]["judge_model"] is None  # not asked: nothing reported a model
+    assert rows["p2"]["judge"] == rows["p1"]["judge"]
+
+
+def test_stats_refuse_a_verdicts_file_with_bad_lines(tmp_path: Path) -> None:
+    """`stats --verdicts` never computes a rate from fewer rows than the file holds."""
+    good = {"id": "p1", "round": 1, "versus": "original", "outcome": "win", "judge": "j", "prompt_version": "v"}
+    path = tmp_path / "verdicts.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "p2", "round": "one"}) + "\nnot json\n"
+                    + json.dumps({**good, "id": "p3"}) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["stats", "--verdicts", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}:2: 'round' must be an integer" in result.output and f"{path}:3: not valid JSON" in result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {path}: 2 invalid lines (lines 2, 3")

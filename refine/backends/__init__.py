@@ -35,6 +35,16 @@ def cnr_adapter(settings: Settings) -> str | None:
     return None
 
 
+def check_cnr_adapter(settings: Settings) -> None:
+    """Refuse, before any model loads, a local CnR adapter folder that is missing, empty or made
+    for another base model (refine.adapter_check); remote backends name adapters by id."""
+    adapter = cnr_adapter(settings)
+    if settings.cnr_backend == "local" and adapter:
+        from refine.adapter_check import check_adapter
+
+        check_adapter(adapter, cnr_model(settings))
+
+
 def cnr_few_shot(settings: Settings) -> bool:
     """Whether CnR prompts carry few-shot examples (an untuned instruct model)."""
     if settings.cnr_mode != "auto":
@@ -70,6 +80,7 @@ class BackendPool:
         s = self.settings
         if role == "base":
             return self.backend(s.base_backend, s.base_model, url=s.base_url, api_key=s.base_api_key)
+        check_cnr_adapter(s)
         shared = _shares_base(s)
         return self.backend(s.cnr_backend, cnr_model(s), url=s.cnr_url or (s.base_url if shared else None),
                             api_key=s.cnr_api_key or (s.base_api_key if shared else None), adapter=cnr_adapter(s))

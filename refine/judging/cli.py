@@ -11,6 +11,7 @@ import click
 from pydantic import SecretStr
 
 from refine.cli_options import settings_from
+from refine.cli_paths import OUTPUT_FILE
 from refine.judging.judge import JudgeRun, JudgeSpec, run_judge
 from refine.records import InvalidRecordsError
 
@@ -62,7 +63,7 @@ def report_run(run: JudgeRun, output: Path) -> None:
 @click.command("judge")
 @click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Output of `refine revise` (JSONL with rounds).")
-@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--output", required=True, type=OUTPUT_FILE,
               help="JSONL to append verdicts to; pairs already in it are skipped (resume).")
 @judge_options
 @click.option("--concurrency", type=click.IntRange(1, 256), help="Pairs in flight at once for a remote judge [default 4].")

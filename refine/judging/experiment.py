@@ -20,8 +20,8 @@ import json
 import platform
 import shlex
 import subprocess
-from importlib import metadata
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any, get_args
 
@@ -31,6 +31,7 @@ from pydantic import SecretStr
 from refine import __version__
 from refine.backends import cnr_adapter, cnr_few_shot, cnr_model
 from refine.cli_options import model_options, settings_from
+from refine.cli_paths import OUTPUT_FOLDER
 from refine.cnr_format import FORMAT_VERSION
 from refine.judging.cli import judge_options, judge_spec, report_run
 from refine.judging.judge import JudgeSpec, read_verdicts, run_judge
@@ -38,6 +39,7 @@ from refine.judging.report import summary_table, write_report
 from refine.judging.stats import verdict_summaries
 from refine.records import InvalidRecordsError, PromptRow, read_rows, write_jsonl
 from refine.settings import Settings
+from refine.textfiles import read_json_object
 
 # The settings that decide a run's results (compared when a run is resumed); the others that
 # are not secret are recorded too, under "execution".
@@ -61,7 +63,8 @@ def run_manifest(settings: Settings, spec: JudgeSpec, prompts_sha256: str, *, vs
         "settings": {k: v for k, v in public_settings(settings).items() if k in RESULT_SETTINGS},
         "cnr": {"model": cnr_model(settings) or "embedded", "adapter": cnr_adapter(settings),
                 "few_shot": cnr_few_shot(settings), "format": FORMAT_VERSION},
-        "judge": {"backend": spec.backend, "model": spec.model or "embedded", "url": spec.url,
+        "judge": {"backend": spec.backend, "model": spec.model or ("embedded" if spec.backend == "local" else None),
+                  "url": spec.url,
                   "max_new_tokens": spec.max_new_tokens, "temperature": 0.0, "prompt_version": spec.prompt_version,
                   "vs_previous": vs_previous},
         "prompts_sha256": prompts_sha256,
@@ -129,7 +132,7 @@ def prepare(out: Path, rows: list[PromptRow], manifest_for: Callable[[str], dict
     settings_file = out / "settings.json"
     if settings_file.exists():
         fresh.unlink()
-        before = json.loads(settings_file.read_text(encoding="utf-8"))
+        before = read_json_object(settings_file, "a run's settings (an object)")
         diff = _differences(before.get("run"), manifest)
         if diff:
             raise click.ClickException(f"{out} was run with other settings; use another --out, or the same "
@@ -146,7 +149,7 @@ def prepare(out: Path, rows: list[PromptRow], manifest_for: Callable[[str], dict
 @click.command("experiment")
 @click.option("--prompts", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSONL/CSV of {id?, prompt | messages, response?}: e.g. a strong model's answers to revise.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OUTPUT_FOLDER,
               help="Run folder (created; an existing one with the same settings is resumed).")
 @click.option("--rounds", type=click.IntRange(1, 10), default=5, show_default=True, help="Critique→revision rounds.")
 @click.option("--stop-early/--no-stop-early", default=False, show_default=True,
@@ -179,7 +182,7 @@ def command(ctx: click.Context, prompts: Path, out: Path, limit: int | None, jud
         options.update(judge_backend=judge_backend, judge_model=judge_model, judge_url=judge_url)
     settings = settings_from(options)
     try:
-        rows = read_rows(prompts, PromptRow)[:limit]
+        rows = read_rows(prompts, PromptRow, hint="give a file of {id?, prompt | messages, response?} rows as --prompts")[:limit]
     except InvalidRecordsError as exc:
         raise click.ClickException(str(exc)) from exc
     prepare(out, rows, lambda sha: run_manifest(settings, spec, sha, vs_previous=vs_previous), command_line(ctx),

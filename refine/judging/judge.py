@@ -21,20 +21,21 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable
-from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from refine.aio import as_finished
 from refine.backends import BackendPool
-from refine.backends.base import Backend, BackendError, GenerationParams, Message
+from refine.backends.base import Backend, BackendError, GenerationParams, Message, collect
+from refine.errors import FileProblem
 from refine.judging.prompt import judge_messages, prompt_version
 from refine.judging.verdicts import Outcome, Side, combine, order_outcome, parse_verdict
-from refine.records import PromptRow, end_cut_line, read_rows
+from refine.records import InvalidRecordsError, PromptRow, RecordProblem, end_cut_line, read_rows
 from refine.settings import Settings
+from refine.textfiles import jsonl_values, text_lines
 
 Versus = Literal["original", "previous"]
 Key = tuple[str, int, str]
@@ -54,8 +55,15 @@ class JudgeSpec:
 
     @property
     def label(self) -> str:
-        """`backend:model`, written into every verdict row (no URL: it may carry credentials)."""
-        return f"{self.backend}:{self.model or 'embedded'}"
+        """`backend:model`, written into every verdict row: the model asked for, else `embedded`
+        for the local default, else the server's address (host and port only: a URL may carry
+        credentials) for a remote judge left to serve its default model. The model the server
+        reports is written as `judge_model`."""
+        if self.model:
+            return f"{self.backend}:{self.model}"
+        if self.backend == "local" or not self.url:
+            return f"{self.backend}:embedded"
+        return f"{self.backend}:default model at {server_address(self.url)}"
 
     @property
     def prompt_version(self) -> str:
@@ -99,16 +107,51 @@ def words(text: str) -> int:
     return len(text.split())
 
 
+class RevisedRound(BaseModel):
+    """One round of a `refine revise` output row, as far as judging needs it."""
+
+    model_config = ConfigDict(extra="allow")
+    round: int = Field(ge=1)
+    status: str
+    revision: str | None = None
+    error: str | None = None
+
+    @model_validator(mode="after")
+    def _complete_has_revision(self) -> RevisedRound:
+        if self.status == "complete" and self.revision is None:
+            raise ValueError(f"round {self.round} is complete but has no 'revision'")
+        return self
+
+
+class RevisedRow(PromptRow):
+    """A `refine revise` output row: an id, the original answer and its rounds."""
+
+    id: str
+    response: str
+    rounds: list[RevisedRound]
+
+
+NOT_REVISED = "give an output file of `refine revise` as --input"
+
+
+def _rounds(row: PromptRow) -> Any:
+    rounds = row.rounds if isinstance(row, RevisedRow) else (row.model_extra or {}).get("rounds")
+    if not isinstance(rounds, list):
+        return None
+    return [r.model_dump() if isinstance(r, BaseModel) else r for r in rounds]
+
+
 def plan(rows: Iterable[PromptRow], *, vs_previous: bool = False) -> tuple[list[Pair], list[dict[str, Any]]]:
     """The pairs to judge in revised rows, and a `skipped` row for each incomplete round."""
     pairs: list[Pair] = []
     skipped: list[dict[str, Any]] = []
     for row in rows:
         extra = row.model_extra or {}
-        if row.id is None or row.response is None or not isinstance(extra.get("rounds"), list):
+        rounds = _rounds(row)
+        if row.id is None or row.response is None or rounds is None:
             raise ValueError(f"row {row.id!r} is not a `refine revise` output row (needs id, response and rounds)")
         answers = {0: row.response}
-        for r in extra["rounds"]:
+        for r in rounds:
             k = int(r["round"])
             for versus in ("original", "previous") if vs_previous and k > 1 else ("original",):
                 baseline = answers[0 if versus == "original" else k - 1]
@@ -125,19 +168,72 @@ def plan(rows: Iterable[PromptRow], *, vs_previous: bool = False) -> tuple[list[
     return pairs, skipped
 
 
+def server_address(url: str) -> str:
+    """`host[:port]` of a URL, without credentials, path or query."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.hostname or '?'}{port}"
+
+
 def read_verdicts(path: Path) -> list[dict[str, Any]]:
-    """The verdict rows of a file (a line cut by an interruption is ignored: that pair runs again)."""
+    """The verdict rows of a file being resumed (a line cut by an interruption is ignored: that
+    pair runs again). Statistics read a verdicts file with `load_verdicts`, which refuses bad lines."""
     if not path.exists():
         return []
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and {"id", "round", "versus", "outcome"} <= row.keys():
-                rows.append(row)
+    for _, line in text_lines(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and {"id", "round", "versus", "outcome"} <= row.keys():
+            rows.append(row)
+    return rows
+
+
+OUTCOMES = frozenset(get_args(Outcome))
+
+
+def verdict_problem(row: Any) -> str | None:
+    """Why a value is not a verdict row of `refine judge`, or None."""
+    if not isinstance(row, dict):
+        return f"expected a verdict object, got {type(row).__name__}"
+    missing = [k for k in ("id", "round", "versus", "outcome") if k not in row]
+    if missing:
+        return f"not a verdict row of `refine judge`: missing {', '.join(map(repr, missing))}"
+    if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+        return f"'id' must be a string or an integer, got {type(row['id']).__name__}"
+    if not isinstance(row["round"], int) or isinstance(row["round"], bool) or row["round"] < 1:
+        return f"'round' must be an integer of at least 1, got {row['round']!r}"
+    if row["versus"] not in ("original", "previous"):
+        return f"'versus' must be 'original' or 'previous', got {row['versus']!r}"
+    if row["outcome"] not in OUTCOMES:
+        return f"'outcome' must be one of {', '.join(sorted(OUTCOMES))}, got {row['outcome']!r}"
+    ratio = row.get("length_ratio")
+    if ratio is not None and (not isinstance(ratio, (int, float)) or isinstance(ratio, bool)):
+        return f"'length_ratio' must be a number or null, got {type(ratio).__name__}"
+    return None
+
+
+def load_verdicts(path: Path) -> list[dict[str, Any]]:
+    """Every verdict row of a file, for statistics: a line that is not a verdict row (not UTF-8,
+    not JSON, cut off, wrong fields or types) refuses the file, each named with its line — a
+    rate computed from fewer rows than the file holds would be silently wrong."""
+    rows, problems = [], []
+    for number, value in jsonl_values(path):
+        reason = value.reason if isinstance(value, FileProblem) else verdict_problem(value)
+        if reason:
+            problems.append(RecordProblem(str(path), number, reason))
+        else:
+            rows.append(value)
+    if problems:
+        raise InvalidRecordsError(problems, hint="delete the bad lines (`refine judge` judges their pairs again "
+                                                 "when it resumes)")
     return rows
 
 
@@ -153,8 +249,8 @@ async def judge_pair(backend: Backend, pair: Pair, params: GenerationParams, *,
     for side in ("B", "A"):
         revision_side: Side = side  # type: ignore[assignment]
         a, b = (pair.baseline, pair.revision) if revision_side == "B" else (pair.revision, pair.baseline)
-        async with aclosing(backend.stream(judge_messages(pair.conversation, a, b, few_shot=few_shot), params)) as deltas:
-            raw = "".join([delta async for delta in deltas])
+        messages = judge_messages(pair.conversation, a, b, few_shot=few_shot)
+        raw, _ = await collect(backend.stream(messages, params))  # the text only: why it ended is moot
         parsed = parse_verdict(raw)
         orders.append({"revision_side": revision_side, "verdict": parsed.verdict,
                        "outcome": order_outcome(parsed.verdict, revision_side), "raw": raw, "error": parsed.error})
@@ -213,7 +309,7 @@ def run_judge(input_path: Path, output: Path, spec: JudgeSpec, settings: Setting
     existing = read_verdicts(output)
     _check_same_judge(existing, spec, output)
     done = {verdict_key(r) for r in existing}
-    pairs, skipped = plan(read_rows(input_path, PromptRow), vs_previous=vs_previous)
+    pairs, skipped = plan(read_rows(input_path, RevisedRow, hint=NOT_REVISED), vs_previous=vs_previous)
     todo = [p for p in pairs if p.key not in done]
     new_skipped = [r for r in skipped if verdict_key(r) not in done]
     already = len(pairs) + len(skipped) - len(todo) - len(new_skipped)
@@ -232,13 +328,21 @@ async def _judge(todo: list[Pair], skipped: list[dict[str, Any]], output: Path, 
     judged = failed = 0
     try:
         backend = pool.backend(spec.backend, spec.model, url=spec.url, api_key=spec.api_key) if todo else None
-        stamp["judge_model"] = backend.model_id if backend else None
+        # The judge's model id: known up front for a local judge or a named model; a remote judge
+        # left to its default model reports it with its first answer (until then its id is only
+        # the server's address, which is not written as a model).
+        known_up_front = spec.backend == "local" or bool(spec.model)
+
+        def judge_model(row: dict[str, Any]) -> str | None:
+            if backend is None or not (known_up_front or row.get("orders")):
+                return None
+            return backend.model_id
         params = GenerationParams(max_new_tokens=spec.max_new_tokens, temperature=0.0)
         concurrency = settings.concurrency if spec.backend != "local" else 1
         with output.open("a", encoding="utf-8") as out, \
                 tqdm(total=len(todo), unit="pair", desc="judge", disable=not progress) as bar:
             for row in skipped:
-                _append(out, {**row, **stamp})
+                _append(out, {**row, **stamp, "judge_model": judge_model(row)})
             if backend is None:
                 return JudgeRun(skipped=len(skipped), already=already)
             async for pair, row, error in judge_pairs(todo, backend, params, concurrency=concurrency,
@@ -249,7 +353,7 @@ async def _judge(todo: list[Pair], skipped: list[dict[str, Any]], output: Path, 
                                "not written, rerun to retry")
                 else:
                     judged += 1
-                    _append(out, {**row, **stamp})
+                    _append(out, {**row, **stamp, "judge_model": judge_model(row)})
                     bar.set_postfix(last=row["outcome"])
                 bar.update()
     finally:

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from refine.cli_paths import OutputPath, int_list
 from refine.training.config import TrainConfig
 from refine.training.data import TrainingDataError
 
@@ -18,7 +19,7 @@ def _modules(ctx: click.Context, param: click.Parameter, value: str) -> list[str
 @click.option(
     "--data", required=True, type=click.Path(dir_okay=False), help="Feedback records (JSONL or CSV)."
 )
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
+@click.option("--output", "-o", required=True, type=OutputPath(folder=True, path_type=str), help="Run folder to write.")
 @click.option(
     "--eval-data",
     type=click.Path(dir_okay=False),
@@ -71,7 +72,7 @@ def _modules(ctx: click.Context, param: click.Parameter, value: str) -> list[str
 @click.option(
     "--snapshot-records",
     default="",
-    callback=lambda c, p, v: [int(x) for x in v.split(",") if x.strip()],
+    callback=int_list,
     help="Also save the adapter after these many training records (e.g. 100,250,500), into "
     "OUTPUT/snapshots/n<records>: the data-efficiency curve from one run.",
 )

@@ -58,6 +58,8 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         """Read settings written by `save` (unknown keys are ignored)."""
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        from refine.textfiles import read_json_object
+
+        data = read_json_object(path, "training settings (an object)")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from refine.cnr_format import cnr_messages, cnr_target
+from refine.errors import RefineError
 from refine.records import FeedbackRecord, read_records
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(RefineError, ValueError):
     """The training data cannot be used (missing, empty, or invalid)."""
 
 

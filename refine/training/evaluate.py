@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from refine.cli_paths import OutputPath
+from refine.textfiles import read_json_object
 from refine.training.data import TrainingDataError, load_records
 
 BASE = "base"  # the untuned embedded model, driven few-shot
@@ -42,7 +44,7 @@ def resolve_model(ref: str, base_model: str = "") -> ModelSpec:
     if (folder / "adapter_config.json").exists():
         settings = folder / "settings.json"
         if settings.exists():
-            base_model = json.loads(settings.read_text(encoding="utf-8")).get("base_model", base_model)
+            base_model = read_json_object(settings, "training settings (an object)").get("base_model", base_model)
         return ModelSpec(name=folder.name, base_model=base_model, adapter=str(folder), few_shot=False)
     return ModelSpec(name=folder.name, base_model=str(folder), adapter=None, few_shot=False)
 
@@ -254,8 +256,8 @@ def markdown_table(results: list[dict[str, Any]], columns: tuple[str, ...] = COL
 )
 @click.option("--max-new-tokens", type=int, default=192, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
-@click.option("--samples-dir", type=click.Path(file_okay=False), help="Write each model's generations here.")
+@click.option("--output", "-o", type=OutputPath(path_type=str), help="Write the results as JSON here.")
+@click.option("--samples-dir", type=OutputPath(folder=True, path_type=str), help="Write each model's generations here.")
 def command(
     data: str,
     models: tuple[str, ...],
@@ -269,10 +271,17 @@ def command(
 ) -> None:
     """Score CnR models on held-out records: target loss/perplexity, parse rate, "nothing to
     fix" share and lengths; prints a table, and JSON with --output."""
+    from refine.adapter_check import check_adapter
+
     try:
         records = load_records(data)
     except TrainingDataError as exc:
         raise click.ClickException(str(exc)) from exc
+    for ref in (*models, *baselines):  # every model checked before the first one loads
+        spec = resolve_model(ref, base_model)
+        if spec.adapter:
+            check_adapter(spec.adapter, spec.base_model, setting=f"--model {ref}",
+                          base_setting="base_model in its settings.json (or --base-model)")
     results = []
     for i, ref in enumerate((*models, *baselines)):
         samples = Path(samples_dir) / f"{i}-{Path(ref).name}.jsonl" if samples_dir else None

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from refine.cli_paths import OutputPath, int_list
 from refine.training.config import TrainConfig
 from refine.training.data import TrainingDataError, load_records
 from refine.training.evaluate import BASE, evaluate_model, markdown_table
@@ -124,13 +125,14 @@ def plot(rows: list[dict[str, Any]], base: dict[str, Any], path: Path) -> None:
     "-o",
     default="runs/sweep",
     show_default=True,
-    type=click.Path(file_okay=False),
+    type=OutputPath(folder=True, path_type=str),
     help="Run folder (a finished run with the same settings is reused, e.g. the shipped adapter).",
 )
 @click.option(
     "--sizes",
     default="100,250,500",
     show_default=True,
+    callback=int_list,
     help="Training-set sizes to snapshot; the full training split is always the last point.",
 )
 @click.option(
@@ -150,7 +152,7 @@ def plot(rows: list[dict[str, Any]], base: dict[str, Any], path: Path) -> None:
 def command(
     data: str,
     output: str,
-    sizes: str,
+    sizes: list[int],
     settings_path: str | None,
     limit: int,
     max_new_tokens: int,
@@ -164,7 +166,7 @@ def command(
     out = Path(output)
     existing = Path(settings_path) if settings_path else out / "settings.json"
     config = TrainConfig.load(existing) if existing.exists() else TrainConfig(data=data, output=output)
-    points = sorted(int(s) for s in sizes.split(",") if s.strip())
+    points = sorted(sizes)
     config = replace(config, data=data, output=output, snapshot_records=points, limit=None)
     try:
         prepare_split(config)  # bad data fails here, before any model loads
