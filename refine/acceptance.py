@@ -17,6 +17,12 @@ answer). The rules, in the order they are checked, with the name stored as the r
   letter (numbers, table rules, LaTeX ``&``) do not count, so tables and code are not loops.
 - ``collapsed`` the revision has less than `min_length_ratio` of the words of an answer of at
   least `collapse_min_words` words, and the critique does not ask to remove or shorten anything.
+- ``drifted``   the revision keeps less than `min_similarity` of its input (difflib's similarity of
+  the two token sequences): a rewrite rather than a revision. Off (0) for models in general —
+  human experts rewrite a third of CoachLM's answers below 0.2, and a strong CnR model's rewrite
+  can be right — but 0.3 for the embedded 135M model: every one of its revisions below 0.3
+  read here was wrong (a ten-actor list turned into one false sentence, invented names, a
+  199-word answer cut to 42); see docs/acceptance.md.
 - ``unchanged`` the revision's tokens are (nearly) those of its input: difflib's similarity of
   the two token sequences (case, punctuation and Markdown ignored) is ≥ `unchanged_similarity`.
   Not a fault: it ends refinement, and the answer stands.
@@ -34,8 +40,8 @@ from typing import Literal
 from refine.backends.base import Finish
 from refine.cnr_format import has_format_text
 
-Rule = Literal["cut_off", "empty", "markers", "looping", "collapsed", "unchanged", "not_better"]
-RULES: tuple[Rule, ...] = ("cut_off", "empty", "markers", "looping", "collapsed", "unchanged", "not_better")
+Rule = Literal["cut_off", "empty", "markers", "looping", "collapsed", "drifted", "unchanged", "not_better"]
+RULES: tuple[Rule, ...] = ("cut_off", "empty", "markers", "looping", "collapsed", "drifted", "unchanged", "not_better")
 
 # Plain-words explanations, for the panel and the CLI summary.
 RULE_TEXT: dict[str, str] = {
@@ -44,6 +50,7 @@ RULE_TEXT: dict[str, str] = {
     "markers": "it contained format labels or chat-template text",
     "looping": "it repeated itself",
     "collapsed": "it dropped most of the answer",
+    "drifted": "it rewrote the answer instead of revising it",
     "unchanged": "it changed nothing",
     "not_better": "the judge did not prefer it",
 }
@@ -67,6 +74,7 @@ class AcceptanceConfig:
     max_repeats: float = 5.0
     min_length_ratio: float = 0.5
     collapse_min_words: int = 40
+    min_similarity: float = 0.0
     unchanged_similarity: float = 1.0
 
 
@@ -169,6 +177,9 @@ def check_revision(current: str, critique: str, revision: str, finish: Finish | 
             and not asks_to_remove(critique)):
         return Judgement("collapsed", f"{after} words left of {before} ({after / before:.0%}), and the critique "
                                       "asks to remove nothing")
-    if (ratio := similarity(current, revision)) >= config.unchanged_similarity:
+    ratio = similarity(current, revision)
+    if ratio < config.min_similarity:
+        return Judgement("drifted", f"it keeps {ratio:.0%} of the answer (similarity), below {config.min_similarity:.0%}")
+    if ratio >= config.unchanged_similarity:
         return Judgement("unchanged", f"word similarity {ratio:.3f}")
     return Judgement()

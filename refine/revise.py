@@ -22,7 +22,7 @@ import click
 
 from refine.acceptance import AcceptanceConfig
 from refine.aio import as_finished
-from refine.backends import BackendPool, cnr_few_shot, generation_params
+from refine.backends import BackendPool, cnr_few_shot, cnr_model, generation_params
 from refine.cli_options import model_options, selection_judge_options, settings_from
 from refine.cnr_format import FORMAT_VERSION
 from refine.events import BaseDone, ErrorEvent, Event, RoundDone, TurnDone
@@ -55,6 +55,18 @@ def done_ids(path: Path) -> set[str]:
     return ids
 
 
+EMBEDDED_MIN_SIMILARITY = 0.3  # see refine.acceptance (rule `drifted`) and docs/acceptance.md
+
+
+def min_similarity(settings: Settings) -> float:
+    """The `drifted` rule's threshold: the setting, else 0.3 when the CnR model is the embedded
+    135M model (it can edit an answer, not rewrite one) and 0 (off) for any other model."""
+    if settings.accept_min_similarity is not None:
+        return settings.accept_min_similarity
+    embedded = settings.cnr_backend == "local" and not cnr_model(settings)
+    return EMBEDDED_MIN_SIMILARITY if embedded else 0.0
+
+
 def loop_config(settings: Settings) -> LoopConfig:
     """The loop settings for a Settings object."""
     return LoopConfig(
@@ -62,7 +74,7 @@ def loop_config(settings: Settings) -> LoopConfig:
         base_params=generation_params(settings, "base"), cnr_params=generation_params(settings, "cnr"),
         acceptance=AcceptanceConfig(
             max_repeats=settings.accept_max_repeats, min_length_ratio=settings.accept_min_length_ratio,
-            collapse_min_words=settings.accept_collapse_min_words,
+            collapse_min_words=settings.accept_collapse_min_words, min_similarity=min_similarity(settings),
             unchanged_similarity=settings.accept_unchanged_similarity),
         candidates=settings.candidates,
     )

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(512, ge=1, le=32768)
     cnr_max_new_tokens: int = Field(768, ge=1, le=32768)
-    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="Local backend: penalty on tokens the "
+    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="Local backend: penalty on tokens the "
                                       "generation already wrote (the prompt is exempt, so a revision may copy the answer)")
     no_repeat_ngram_size: int = Field(0, ge=0, le=64, description="Local backend: forbid repeating any n-gram of this "
                                       "many tokens within the generation (0 = off)")
@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     accept_min_length_ratio: float = Field(0.5, ge=0.0, le=1.0, description="A revision with fewer words than this "
                                            "share of a long answer's has collapsed (unless the critique asks to cut)")
     accept_collapse_min_words: int = Field(40, ge=0, description="Answers shorter than this many words may shrink freely")
+    accept_min_similarity: float | None = Field(None, ge=0.0, le=1.0, description="A revision less similar than this "
+                                                "to its input is a rewrite, rejected as drifted; empty = 0.3 for the "
+                                                "embedded 135M CnR model, 0 (off) for any other")
     accept_unchanged_similarity: float = Field(1.0, gt=0.0, le=1.0, description="Word similarity at or above which a "
                                                "revision counts as unchanged")
     select: Literal["none", "judge"] = Field("none", description="'judge': a revision must also beat the current "

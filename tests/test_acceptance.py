@@ -100,3 +100,25 @@ def test_thresholds_come_from_the_config() -> None:
     assert check_loop(loop, AcceptanceConfig(max_repeats=5)).accepted
     strict = AcceptanceConfig(unchanged_similarity=0.8)
     assert check_revision("a b c d e f g h i j", "x", "a b c d e f g h i k", STOP, strict).rule == "unchanged"
+
+
+def test_a_rewrite_that_keeps_little_of_the_answer_is_drifted_when_asked() -> None:
+    answer = ("Some famous actors who started on Broadway are Meryl Streep, Hugh Jackman, Audra McDonald, "
+              "Lin-Manuel Miranda and Denzel Washington.")
+    rewrite = "Thaddeus Menzel is the third to start his career on Broadway as a young actress."
+    strict = AcceptanceConfig(min_similarity=0.3)
+    judgement = check_revision(answer, "It is wrong.", rewrite, STOP, strict)
+    assert judgement.rule == "drifted" and "below 30%" in judgement.detail
+    assert check_revision(answer, "It is wrong.", rewrite, STOP, CONFIG).accepted  # off by default
+    edit = answer.replace("Denzel Washington", "Sutton Foster")
+    assert check_revision(answer, "Denzel started in film.", edit, STOP, strict).accepted
+
+
+def test_the_drift_threshold_defaults_to_the_embedded_model_only() -> None:
+    from refine.revise import EMBEDDED_MIN_SIMILARITY, min_similarity
+    from refine.settings import Settings
+
+    assert min_similarity(Settings()) == EMBEDDED_MIN_SIMILARITY == 0.3
+    assert min_similarity(Settings(cnr_backend="openai", cnr_url="http://127.0.0.1:9")) == 0.0
+    assert min_similarity(Settings(cnr_model="some/other-model")) == 0.0
+    assert min_similarity(Settings(accept_min_similarity=0.1)) == 0.1
