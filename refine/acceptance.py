@@ -11,10 +11,13 @@ answer). The rules, in the order they are checked, with the name stored as the r
 - ``markers``   the revision contains a CnR label at the start of a line, chat-template control
   text (``<|im_start|>``, ``</s>``, ``[INST]`` …) or a reasoning block.
 - ``looping``   a unit of ≥ 3 words (≥ 3 distinct) repeats back to back `max_repeats` times or
-  more. Chosen on data: the most any of the 808 answers in AlpacaEval's four generator files
+  more; or the revision writes a unit of ≥ 8 words twice in a row where its input does not (the
+  small CnR model's loops start so: "Of course! Here is a recipe for …" twice). Chosen on data: the most any of the 808 answers in AlpacaEval's four generator files
   (ChatGPT, GPT-4, Vicuna-13B, Falcon-40B-Instruct) repeats a unit is 4.07 times (a Falcon list of
   video titles); the loops of the small CnR model repeat a sentence tens of times. Words without a
-  letter (numbers, table rules, LaTeX ``&``) do not count, so tables and code are not loops.
+  letter (numbers, table rules, LaTeX ``&``) do not count, so tables and code are not loops. A
+  back-to-back repeat of ≥ 8 words is in 4 of those 808 answers (a table, three Falcon loops),
+  which is why the second condition only counts repeats the input does not have.
 - ``collapsed`` the revision has less than `min_length_ratio` of the words of an answer of at
   least `collapse_min_words` words, and the critique does not ask to remove or shorten anything.
 - ``drifted``   the revision keeps less than `min_similarity` of its input (difflib's similarity of
@@ -55,6 +58,7 @@ RULE_TEXT: dict[str, str] = {
     "not_better": "the judge did not prefer it",
 }
 
+DUPLICATE_MIN_WORDS = 8  # a unit this long written twice in a row is the start of a loop
 _WORD = re.compile(r"\S+")
 _HAS_LETTER = re.compile(r"[^\W\d_]")
 _STRIP = re.compile(r"^[\W_]+|[\W_]+$")
@@ -172,6 +176,9 @@ def check_revision(current: str, critique: str, revision: str, finish: Finish | 
         return Judgement("markers", f"the revision contains “{marker[:40]}”")
     if not (judgement := check_loop(revision, config)).accepted:
         return judgement
+    copies, unit = longest_repeat(revision, min_unit=DUPLICATE_MIN_WORDS)
+    if copies >= 2 and longest_repeat(current, min_unit=DUPLICATE_MIN_WORDS)[0] < 2:
+        return Judgement("looping", f"“{unit} …” written twice in a row (the answer has it once)")
     before, after = len(tokens(current)), len(tokens(revision))
     if (before >= config.collapse_min_words and after < config.min_length_ratio * before
             and not asks_to_remove(critique)):

@@ -122,3 +122,13 @@ def test_the_drift_threshold_defaults_to_the_embedded_model_only() -> None:
     assert min_similarity(Settings(cnr_backend="openai", cnr_url="http://127.0.0.1:9")) == 0.0
     assert min_similarity(Settings(cnr_model="some/other-model")) == 0.0
     assert min_similarity(Settings(accept_min_similarity=0.1)) == 0.1
+
+
+def test_a_revision_that_writes_a_long_unit_twice_in_a_row_is_looping() -> None:
+    answer = "Of course! Here is a recipe for classic challah bread:\nIngredients:\n- 4 cups bread flour"
+    doubled = ("Of course! Here is a recipe for classic challah bread:\nOf course! Here is a recipe for classic "
+               "challah bread:\nIngredients:\n- 4 cups bread flour")
+    judgement = check_revision(answer, "Add the yeast.", doubled, STOP, CONFIG)
+    assert judgement.rule == "looping" and "twice in a row" in judgement.detail
+    # a repeat the answer already had is not the reviser's doing
+    assert check_revision(doubled, "Add the yeast.", doubled + "\n- 1 packet of yeast", STOP, CONFIG).accepted
