@@ -12,7 +12,11 @@ answer). The rules, in the order they are checked, with the name stored as the r
   text (``<|im_start|>``, ``</s>``, ``[INST]`` …) or a reasoning block.
 - ``looping``   a unit of ≥ 3 words (≥ 3 distinct) repeats back to back `max_repeats` times or
   more; or the revision writes a unit of ≥ 8 words twice in a row where its input does not (the
-  small CnR model's loops start so: "Of course! Here is a recipe for …" twice). Chosen on data: the most any of the 808 answers in AlpacaEval's four generator files
+  small CnR model's loops start so: "Of course! Here is a recipe for …" twice); or, with
+  `forbid_new_repeats` (on for the embedded 135M model only), any 8-word phrase occurs more often
+  than in its input and at least twice (its slow loops copy one sentence into item after item of a
+  list, round after round). Human expert revisions do that too, rarely: 104 of CoachLM's 2,278
+  (4.6%), none of LAMP's 150 — hence only for the model that needs it. Chosen on data: the most any of the 808 answers in AlpacaEval's four generator files
   (ChatGPT, GPT-4, Vicuna-13B, Falcon-40B-Instruct) repeats a unit is 4.07 times (a Falcon list of
   video titles); the loops of the small CnR model repeat a sentence tens of times. Words without a
   letter (numbers, table rules, LaTeX ``&``) do not count, so tables and code are not loops. A
@@ -36,6 +40,7 @@ A selector (refine.selection) may add ``not_better``: the pairwise judge did not
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Literal
@@ -80,6 +85,7 @@ class AcceptanceConfig:
     collapse_min_words: int = 40
     min_similarity: float = 0.0
     unchanged_similarity: float = 1.0
+    forbid_new_repeats: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,22 @@ def longest_repeat(text: str, *, min_unit: int = 3, max_unit: int = 80) -> tuple
                 if len(set(unit)) >= 3:
                     best, unit_text = copies, " ".join(unit[:12])
     return best, unit_text
+
+
+def new_repeat(current: str, revision: str, n: int = DUPLICATE_MIN_WORDS) -> tuple[str, int, int] | None:
+    """(phrase, times in the revision, times in `current`) of an n-word phrase that the revision
+    repeats (≥ 2 times) more often than `current` has it; None when there is none."""
+    def counts(text: str) -> Counter:
+        w = words(text)
+        return Counter(tuple(w[i:i + n]) for i in range(len(w) - n + 1))
+
+    before, after = counts(current), counts(revision)
+    for gram, times in after.most_common():
+        if times < 2:
+            return None
+        if times > before.get(gram, 0):
+            return " ".join(gram), times, before.get(gram, 0)
+    return None
 
 
 def similarity(a: str, b: str) -> float:
@@ -179,6 +201,9 @@ def check_revision(current: str, critique: str, revision: str, finish: Finish | 
     copies, unit = longest_repeat(revision, min_unit=DUPLICATE_MIN_WORDS)
     if copies >= 2 and longest_repeat(current, min_unit=DUPLICATE_MIN_WORDS)[0] < 2:
         return Judgement("looping", f"“{unit} …” written twice in a row (the answer has it once)")
+    if config.forbid_new_repeats and (repeat := new_repeat(current, revision)):
+        phrase, times, before = repeat
+        return Judgement("looping", f"“{phrase} …” occurs {times} times (the answer has it {before})")
     before, after = len(tokens(current)), len(tokens(revision))
     if (before >= config.collapse_min_words and after < config.min_length_ratio * before
             and not asks_to_remove(critique)):

@@ -58,13 +58,18 @@ def done_ids(path: Path) -> set[str]:
 EMBEDDED_MIN_SIMILARITY = 0.3  # see refine.acceptance (rule `drifted`) and docs/acceptance.md
 
 
+def embedded_cnr(settings: Settings) -> bool:
+    """True when the CnR model is the embedded 135M model, which gets the stricter acceptance
+    defaults (see refine.acceptance: `drifted`, and new repeats as `looping`)."""
+    return settings.cnr_backend == "local" and not cnr_model(settings)
+
+
 def min_similarity(settings: Settings) -> float:
     """The `drifted` rule's threshold: the setting, else 0.3 when the CnR model is the embedded
     135M model (it can edit an answer, not rewrite one) and 0 (off) for any other model."""
     if settings.accept_min_similarity is not None:
         return settings.accept_min_similarity
-    embedded = settings.cnr_backend == "local" and not cnr_model(settings)
-    return EMBEDDED_MIN_SIMILARITY if embedded else 0.0
+    return EMBEDDED_MIN_SIMILARITY if embedded_cnr(settings) else 0.0
 
 
 def loop_config(settings: Settings) -> LoopConfig:
@@ -75,7 +80,9 @@ def loop_config(settings: Settings) -> LoopConfig:
         acceptance=AcceptanceConfig(
             max_repeats=settings.accept_max_repeats, min_length_ratio=settings.accept_min_length_ratio,
             collapse_min_words=settings.accept_collapse_min_words, min_similarity=min_similarity(settings),
-            unchanged_similarity=settings.accept_unchanged_similarity),
+            unchanged_similarity=settings.accept_unchanged_similarity,
+            forbid_new_repeats=embedded_cnr(settings) if settings.accept_forbid_new_repeats is None
+            else settings.accept_forbid_new_repeats),
         candidates=settings.candidates,
     )
 

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     accept_min_similarity: float | None = Field(None, ge=0.0, le=1.0, description="A revision less similar than this "
                                                 "to its input is a rewrite, rejected as drifted; empty = 0.3 for the "
                                                 "embedded 135M CnR model, 0 (off) for any other")
+    accept_forbid_new_repeats: bool | None = Field(None, description="Reject a revision in which an 8-word phrase "
+                                                   "occurs more often than in its input; empty = on for the embedded "
+                                                   "135M CnR model only")
     accept_unchanged_similarity: float = Field(1.0, gt=0.0, le=1.0, description="Word similarity at or above which a "
                                                "revision counts as unchanged")
     select: Literal["none", "judge"] = Field("none", description="'judge': a revision must also beat the current "

@@ -132,3 +132,26 @@ def test_a_revision_that_writes_a_long_unit_twice_in_a_row_is_looping() -> None:
     assert judgement.rule == "looping" and "twice in a row" in judgement.detail
     # a repeat the answer already had is not the reviser's doing
     assert check_revision(doubled, "Add the yeast.", doubled + "\n- 1 packet of yeast", STOP, CONFIG).accepted
+
+
+def test_new_repeats_of_a_phrase_are_looping_when_forbidden() -> None:
+    answer = ("Key components:\n1. Energy: solar panels or wind turbines.\n2. Water: a well or rain barrels.\n"
+              "3. Shelter: a self-sufficient space must be designed with sustainable materials and insulation.")
+    # the small model's slow loop: one sentence copied into another list item
+    worse = answer.replace("a well or rain barrels.", "a self-sufficient space must be designed with sustainable "
+                                                      "materials and insulation.")
+    strict = AcceptanceConfig(forbid_new_repeats=True)
+    judgement = check_revision(answer, "Add detail.", worse, STOP, strict)
+    assert judgement.rule == "looping" and "occurs 2 times (the answer has it 1)" in judgement.detail
+    assert check_revision(answer, "Add detail.", worse, STOP, CONFIG).accepted  # off by default
+    better = answer.replace("a well or rain barrels.", "a well, rain barrels and a filter.")
+    assert check_revision(answer, "Add detail.", better, STOP, strict).accepted
+
+
+def test_the_strict_rules_default_to_the_embedded_model_only() -> None:
+    from refine.revise import loop_config
+    from refine.settings import Settings
+
+    assert loop_config(Settings()).acceptance.forbid_new_repeats
+    assert not loop_config(Settings(cnr_model="some/other-model")).acceptance.forbid_new_repeats
+    assert not loop_config(Settings(accept_forbid_new_repeats=False)).acceptance.forbid_new_repeats
