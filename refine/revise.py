@@ -72,13 +72,25 @@ def min_similarity(settings: Settings) -> float:
     return EMBEDDED_MIN_SIMILARITY if embedded_cnr(settings) else 0.0
 
 
+EMBEDDED_MIN_LENGTH_RATIO = 0.85  # see docs/acceptance.md: its shorter revisions drop content
+
+
+def min_length_ratio(settings: Settings) -> float:
+    """The `collapsed` rule's threshold: the setting, else 0.85 for the embedded 135M model
+    (every revision of it read that kept 0.5–0.85 of a long answer had dropped content: list
+    items, an ingredient list, the closing line) and 0.5 for any other model."""
+    if settings.accept_min_length_ratio is not None:
+        return settings.accept_min_length_ratio
+    return EMBEDDED_MIN_LENGTH_RATIO if embedded_cnr(settings) else 0.5
+
+
 def loop_config(settings: Settings) -> LoopConfig:
     """The loop settings for a Settings object."""
     return LoopConfig(
         rounds=settings.rounds, stop_early=settings.stop_early, few_shot=cnr_few_shot(settings),
         base_params=generation_params(settings, "base"), cnr_params=generation_params(settings, "cnr"),
         acceptance=AcceptanceConfig(
-            max_repeats=settings.accept_max_repeats, min_length_ratio=settings.accept_min_length_ratio,
+            max_repeats=settings.accept_max_repeats, min_length_ratio=min_length_ratio(settings),
             collapse_min_words=settings.accept_collapse_min_words, min_similarity=min_similarity(settings),
             unchanged_similarity=settings.accept_unchanged_similarity,
             forbid_new_repeats=embedded_cnr(settings) if settings.accept_forbid_new_repeats is None

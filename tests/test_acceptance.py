@@ -155,3 +155,12 @@ def test_the_strict_rules_default_to_the_embedded_model_only() -> None:
     assert loop_config(Settings()).acceptance.forbid_new_repeats
     assert not loop_config(Settings(cnr_model="some/other-model")).acceptance.forbid_new_repeats
     assert not loop_config(Settings(accept_forbid_new_repeats=False)).acceptance.forbid_new_repeats
+
+
+def test_the_collapse_threshold_is_stricter_for_the_embedded_model() -> None:
+    from refine.revise import loop_config
+    from refine.settings import Settings
+
+    assert loop_config(Settings()).acceptance.min_length_ratio == 0.85
+    assert loop_config(Settings(cnr_backend="openai", cnr_url="http://127.0.0.1:9")).acceptance.min_length_ratio == 0.5
+    assert loop_config(Settings(accept_min_length_ratio=0.7)).acceptance.min_length_ratio == 0.7
