@@ -118,7 +118,10 @@ def analyse(session: Session, emitted: dict[tuple[str, str], dict], tokens: int,
 
 def start_app(standin: str, db: Path, concurrency: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "REFINE_RETRIES": "0"}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "REFINE_RETRIES": "0",
+           # every session comes from 127.0.0.1, i.e. is one visitor: no per-visitor limits here
+           "REFINE_VISITOR_TURNS_PER_MINUTE": "0", "REFINE_VISITOR_CONCURRENT_TURNS": "0",
+           "REFINE_VISITOR_REQUESTS_PER_MINUTE": "0", "REFINE_VISITOR_MAX_NEW_TOKENS": "4096"}
     cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--base-backend", "openai", "--base-url",
            standin, "--cnr-backend", "openai", "--base-model", "standin", "--rounds", "1", "--no-stop-early",
            "--concurrency", str(concurrency), "--max-new-tokens", "4096", "--database-url", f"sqlite:///{db}"]

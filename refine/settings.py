@@ -3,12 +3,15 @@ file, or keyword overrides (the CLI passes its flags as overrides)."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BackendName = Literal["local", "tgi", "openai"]
+# A Content-Security-Policy host source: optional scheme, optional "*." wildcard, host, optional port.
+_IMAGE_HOST = re.compile(r"(https?://)?(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d{1,5})?")
 
 
 class Settings(BaseSettings):
@@ -70,6 +73,9 @@ class Settings(BaseSettings):
 
     # Backends.
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    cache_dir: str | None = Field(None, description="Folder of Refine's caches: a GGUF model's dequantized weights "
+                                  "are kept under gguf/ so later starts skip dequantizing; empty = "
+                                  "$XDG_CACHE_HOME/refine or ~/.cache/refine; 'none' = no cache")
     timeout: float = Field(60.0, gt=0, description="Seconds to wait for the first or next token")
     connect_timeout: float = Field(10.0, gt=0)
     retries: int = Field(2, ge=0, le=10, description="Retries before the first token only")
@@ -90,6 +96,44 @@ class Settings(BaseSettings):
                                     "(opt-in; restored at start)")
     backup_token: SecretStr | None = Field(None, description="Token with write access to backup_repo (else HF_TOKEN)")
     backup_every: float = Field(10.0, gt=0, description="Minutes between backups")
+
+    # Limits of the app for one visitor (a client address; see proxy_hops), for a public Space.
+    visitor_turns_per_minute: int = Field(6, ge=0, description="Turns (send, regenerate) a visitor may start "
+                                          "per minute; 0 = no limit")
+    visitor_concurrent_turns: int = Field(1, ge=0, description="Turns of one visitor running or waiting at "
+                                          "once; 0 = no limit")
+    visitor_max_new_tokens: int = Field(1024, ge=1, le=32768, description="Most new tokens a visitor may ask "
+                                        "for, per answer and per critique + revision")
+    visitor_max_rounds: int = Field(5, ge=1, le=10, description="Most critique-and-revise rounds a visitor may "
+                                    "ask for per turn")
+    visitor_requests_per_minute: int = Field(60, ge=0, description="Other requests (new chat, votes, feedback, "
+                                             "statistics, exports) a visitor may make per minute; 0 = no limit")
+    admin_max_failures: int = Field(5, ge=1, description="Wrong admin tokens a visitor may enter before the "
+                                    "Data tab locks them out")
+    admin_lockout_minutes: float = Field(15.0, gt=0, description="How long that lockout lasts")
+    export_ttl_minutes: float = Field(10.0, gt=0, description="Minutes an export's download links work (each "
+                                      "file downloads once; the files are deleted after)")
+    queue_size: int = Field(64, ge=1, description="Events that may wait in Gradio's queue at once; more are "
+                            "refused with 'queue is full'")
+    proxy_hops: int | None = Field(None, ge=0, le=8, description="Proxies in front of the app whose "
+                                   "X-Forwarded-For is trusted to name the visitor; empty = 1 on a Hugging "
+                                   "Face Space, else 0 (the peer address)")
+    allowed_image_hosts: str = Field("", description="Comma-separated hosts (e.g. 'https://upload.wikimedia.org') "
+                                     "whose images in answers may load; empty = no remote image loads")
+
+    @field_validator("allowed_image_hosts")
+    @classmethod
+    def _image_hosts(cls, value: str) -> str:
+        for host in (h.strip() for h in value.split(",")):
+            if host and not _IMAGE_HOST.fullmatch(host):
+                raise ValueError(f"{host!r} is not a host such as 'https://images.example.org' or "
+                                 "'*.example.org'")
+        return value
+
+    @property
+    def image_hosts(self) -> tuple[str, ...]:
+        """The hosts of allowed_image_hosts, as Content-Security-Policy sources."""
+        return tuple(h.strip() for h in self.allowed_image_hosts.split(",") if h.strip())
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> "Settings":

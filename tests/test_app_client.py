@@ -5,11 +5,13 @@ with a separate connection."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from gradio_client import Client
 
@@ -196,13 +198,14 @@ def test_feedback_statistics_and_admin_exports(app: RunningApp, tmp_path: Path) 
 
     denied = c.predict("wrong", api_name="/export")
     assert "Wrong admin token" in denied[0] and not denied[1]
-    message, files = c.predict(ADMIN, api_name="/export")
-    names = {Path(f["path"] if isinstance(f, dict) else f).name for f in files}
-    assert {"preferences.jsonl", "feedback.jsonl", "votes.csv", "turns.csv"} <= names
-    feedback = next(f for f in files if Path(f["path"] if isinstance(f, dict) else f).name == "feedback.jsonl")
-    path = feedback["path"] if isinstance(feedback, dict) else feedback
-    records = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    message, links = c.predict(ADMIN, api_name="/export")
+    urls = dict(re.findall(r"\[([^\]]+)\]\(([^)]+)\)", links))  # the one-time download links
+    assert {"preferences.jsonl", "feedback.jsonl", "votes.csv", "turns.csv"} <= set(urls)
+    download = httpx.get(app.url + urls["feedback.jsonl"])
+    assert download.status_code == 200 and "attachment" in download.headers["content-disposition"]
+    records = [json.loads(line) for line in download.text.splitlines()]
     assert any(r["revision"] == "Paris is the capital of France." for r in records)
+    assert httpx.get(app.url + urls["feedback.jsonl"]).status_code == 404  # once only
 
 
 def test_secrets_never_reach_the_page(app: RunningApp) -> None:

@@ -127,10 +127,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Every client of a test comes from 127.0.0.1, i.e. is one visitor: the per-visitor limits are
+# off unless a test sets them (tests/test_app_limits.py does).
+NO_VISITOR_LIMITS = dict(visitor_turns_per_minute=0, visitor_concurrent_turns=0, visitor_requests_per_minute=0)
+
+
 def standin_settings(url: str, db_file: Path, **overrides: Any) -> dict[str, Any]:
     """Settings for an app whose base and CnR models are both the stand-in at `url`."""
     return {**dict(base_backend="openai", base_url=url, cnr_backend="openai", base_model="standin",
-                   database_url=f"sqlite:///{db_file}", rounds=2, retries=0, timeout=10, concurrency=8),
+                   database_url=f"sqlite:///{db_file}", rounds=2, retries=0, timeout=10, concurrency=8,
+                   **NO_VISITOR_LIMITS),
             **overrides}
 
 
@@ -159,6 +165,7 @@ def running_app(settings: dict[str, Any]) -> Iterator[RunningApp]:
         yield RunningApp(url=demo.local_url, db_file=Path(ctx.engine.url.database), ctx=ctx)
     finally:
         demo.close()
+        ctx.exports.close()
         ctx.engine.dispose()
 
 

@@ -19,9 +19,11 @@ from refine.loop import refine_turn
 from ui.context import AppContext, Controls
 from ui.feedback import feedback_area
 from ui.layout import Layout
-from ui.render import chat_messages, notice, panel_messages
+from ui.render import chat_messages, error_text, notice, panel_messages
+from ui.safety import exact
 from ui.session import ChatSession, VoteState, for_turn
 from ui.turns import TurnRun
+from ui.view import TurnView
 from ui.voting import start, vote_area
 
 log = logging.getLogger(__name__)
@@ -81,8 +83,8 @@ class ChatEvents:
         """Answer a prompt, then critique and revise the answer round after round (streamed)."""
         controls = Controls(rounds, stop_early, temperature, max_new_tokens, cnr_max_new_tokens, select)
         text = prompt or pending or ""  # the box itself (API callers) or what `busy` took from it
-        async for update in self._turn(text, controls, session, request.session_hash or ""):
-            yield update
+        async for update in self._turn(text, controls, session, request):
+            yield self._exact(update)
 
     async def regenerate(self, rounds: int, stop_early: bool, temperature: float, max_new_tokens: int,
                          cnr_max_new_tokens: int, select: str, session: ChatSession,
@@ -90,21 +92,40 @@ class ChatEvents:
         """Answer the last prompt again, as a new turn of the same conversation."""
         earlier, prompt = session.without_last()
         if prompt is None:
-            yield {self.ui.panel: [notice("Nothing to regenerate yet.")]}
+            yield self._exact({self.ui.panel: [notice("Nothing to regenerate yet.")]})
             return
         controls = Controls(rounds, stop_early, temperature, max_new_tokens, cnr_max_new_tokens, select)
-        async for update in self._turn(prompt, controls, earlier, request.session_hash or "", regenerated=True):
-            yield update
+        async for update in self._turn(prompt, controls, earlier, request, regenerated=True):
+            yield self._exact(update)
+
+    def _exact(self, update: Update) -> Update:
+        """The update with the chat's and the panel's messages shown exactly as stored."""
+        if not isinstance(update, dict):
+            return update  # gr.skip()
+        return {k: exact(v) if k in (self.ui.chatbot, self.ui.panel) and isinstance(v, list) else v
+                for k, v in update.items()}
 
     async def stop(self, request: gr.Request) -> None:
         """Stop this session's turn; the turn's own handler then shows how far it got."""
         await self.ctx.turns.stop(request.session_hash or "")
 
-    def new_chat(self) -> Update:
+    def new_chat(self, request: gr.Request) -> Update:
         """Forget the conversation on screen (what was stored stays stored)."""
         ui = self.ui
+        refused = self.ctx.limits.request_refused(request)
+        if refused:  # said in the panel (a gr.Error would also print a traceback per refusal)
+            return {ui.panel: exact([notice(refused)])}
         return {ui.chatbot: [], ui.panel: [], ui.prompt: "", ui.pending: None, ui.chat_state: ChatSession(),
                 ui.vote_state: VoteState(), **self._hide_last_turn()}
+
+    @staticmethod
+    def _chat(session: ChatSession, prompt: str, view: TurnView) -> list[dict[str, Any]]:
+        """The chat during a turn; an answer that failed before any text says so at once
+        (rather than "…", as if still running)."""
+        messages = chat_messages(session, prompt, view)
+        if view.error is not None and not view.last_good():
+            messages[-1] = {**messages[-1], "content": error_text(view.error.kind, view.error.message)}
+        return messages
 
     def _prepare(self, session: ChatSession, conversation: list[Message]) -> EventRecorder:
         """Validate the prompt for storage, then make sure the conversation exists (in a thread)."""
@@ -113,11 +134,13 @@ class ChatEvents:
             recorder.conversation_id = create_conversation(self.ctx.engine)
         return recorder
 
-    async def _turn(self, prompt: str, controls: Controls, session: ChatSession, sid: str,
+    async def _turn(self, prompt: str, controls: Controls, session: ChatSession, request: gr.Request,
                     regenerated: bool = False) -> AsyncIterator[Update]:
-        ui, turns = self.ui, self.ctx.turns
+        ui, turns, limits = self.ui, self.ctx.turns, self.ctx.limits
+        sid, visitor = request.session_hash or "", limits.visitor(request)
         refused = {ui.pending: None if regenerated else prompt}  # `after_turn` puts it back in the box
         run: TurnRun | None = None
+        slot = False
         try:
             if turns.running(sid):
                 yield gr.skip()  # a second call while this session's turn runs: leave that turn alone
@@ -125,9 +148,16 @@ class ChatEvents:
             if turns.take_stop(sid):
                 yield {ui.panel: [notice("⏹ Stopped before it started.")], **refused}
                 return
-            problem = prompt_problem(prompt) or controls.check()
+            ctx = self.ctx
+            problem = prompt_problem(prompt) or controls.check(
+                ctx.max_rounds, ctx.max_new_tokens("base"), ctx.max_new_tokens("cnr"))
             if problem:
                 yield {ui.panel: [notice(f"⚠️ {problem}")], **refused}
+                return
+            slot = limits.running.acquire(visitor)
+            over = None if slot else limits.concurrent_text()
+            if over or (over := limits.turn_refused(visitor)):
+                yield {ui.panel: [notice(over)], **refused}
                 return
             conversation = session.conversation(prompt)
             try:
@@ -148,8 +178,10 @@ class ChatEvents:
             async for view in run.snapshots(turns.interval):
                 if view.finished:
                     break
-                yield {ui.chatbot: chat_messages(session, prompt, view), ui.panel: panel_messages(view)}
-            after = session.after(prompt, run.view, recorder.conversation_id)
+                yield {ui.chatbot: self._chat(session, prompt, view), ui.panel: panel_messages(view)}
+            failed = run.view.error
+            after = session.after(prompt, run.view, recorder.conversation_id,
+                                  failure=error_text(failed.kind, failed.message) if failed else None)
             yield {ui.chatbot: chat_messages(after), ui.panel: panel_messages(run.view), ui.chat_state: after,
                    ui.vote_state: start(for_turn(run.view.turn_id, run.view))}
         finally:
@@ -157,6 +189,8 @@ class ChatEvents:
                 if not run.done:  # the handler was cancelled: stop the turn and record it
                     await run.stop()
                 turns.end(sid, run)
+            if slot:
+                limits.running.release(visitor)
 
     def wire(self) -> None:
         ui = self.ui

@@ -14,9 +14,26 @@ from refine.loop import MAX_ROUNDS, LoopConfig
 from refine.revise import loop_config
 from refine.selection import Selector
 from refine.settings import Settings
+from ui.exports import ExportStore
+from ui.limits import Limits
+from ui.safety import public_message
 from ui.turns import ActiveTurns
 
 MAX_TOKENS = 32768
+
+
+def model_context(backend: object) -> int | None:
+    """The context window (tokens) of a backend's model where it is known without asking the
+    server: a local model's; None otherwise."""
+    for _ in range(4):  # through wrappers such as RetryingBackend
+        local = getattr(backend, "local", None)
+        context = getattr(local, "max_context", None)
+        if isinstance(context, int) and context > 0:
+            return context
+        backend = getattr(backend, "inner", None)
+        if backend is None:
+            return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -30,15 +47,18 @@ class Controls:
     cnr_max_new_tokens: int
     select: str = "none"
 
-    def check(self) -> str | None:
-        """Why these controls are invalid (a client can send anything), or None."""
-        if not isinstance(self.rounds, int) or not 1 <= self.rounds <= MAX_ROUNDS:
-            return f"Rounds must be between 1 and {MAX_ROUNDS}."
-        if not 0.0 <= self.temperature <= 2.0:
+    def check(self, max_rounds: int = MAX_ROUNDS, max_tokens: int = MAX_TOKENS,
+              cnr_max_tokens: int | None = None) -> str | None:
+        """Why these controls are invalid (a client can send anything), or None. The limits are
+        the app's (see AppContext.max_rounds / max_new_tokens), not just what the sliders allow."""
+        if not isinstance(self.rounds, int) or not 1 <= self.rounds <= max_rounds:
+            return f"Rounds must be between 1 and {max_rounds}."
+        if not isinstance(self.temperature, int | float) or not 0.0 <= self.temperature <= 2.0:
             return "Temperature must be between 0 and 2."
-        for tokens in (self.max_new_tokens, self.cnr_max_new_tokens):
-            if not isinstance(tokens, int) or not 1 <= tokens <= MAX_TOKENS:
-                return f"Max new tokens must be between 1 and {MAX_TOKENS}."
+        cnr_most = cnr_max_tokens or max_tokens
+        for tokens, most in ((self.max_new_tokens, max_tokens), (self.cnr_max_new_tokens, cnr_most)):
+            if not isinstance(tokens, int) or not 1 <= tokens <= most:
+                return f"Max new tokens must be between 1 and {most}."
         if self.select not in ("none", "judge"):
             return "Select must be 'none' or 'judge'."
         return None
@@ -55,6 +75,24 @@ class AppContext:
     banner: str | None = None
     turns: ActiveTurns = field(default_factory=ActiveTurns)
     selector: Selector | None = None  # the judge a user may ask to select revisions
+    limits: Limits = field(init=False)
+    exports: ExportStore = field(init=False)
+    votes_stored: int = 0  # votes this process stored (the statistics' cache sees them at once)
+
+    def __post_init__(self) -> None:
+        self.limits = Limits(self.settings)
+        self.exports = ExportStore(ttl_s=60 * self.settings.export_ttl_minutes)
+
+    @property
+    def max_rounds(self) -> int:
+        """The most rounds a visitor may ask for."""
+        return min(MAX_ROUNDS, self.settings.visitor_max_rounds)
+
+    def max_new_tokens(self, role: str = "base") -> int:
+        """The most new tokens a visitor may ask for: the visitor limit, within the model's
+        context window where the backend knows it (a local model; servers check their own)."""
+        context = model_context(self.base if role == "base" else self.cnr)
+        return min(MAX_TOKENS, self.settings.visitor_max_new_tokens, *([context] if context else []))
 
     def selector_for(self, controls: Controls) -> Selector | None:
         """The selector of one turn: the app's judge when the user picked 'judge'."""
@@ -71,7 +109,8 @@ class AppContext:
     @property
     def models_line(self) -> str:
         mode = " (few-shot)" if cnr_few_shot(self.settings) else ""
-        return f"**Base model:** `{self.base.model_id}` · **Critique-and-revise model:** `{self.cnr.model_id}`{mode}"
+        base, cnr = public_message(self.base.model_id), public_message(self.cnr.model_id)
+        return f"**Base model:** `{base}` · **Critique-and-revise model:** `{cnr}`{mode}"
 
     def loop_config(self, controls: Controls) -> LoopConfig:
         """The loop settings of one turn: the defaults with the user's controls on top."""

@@ -15,6 +15,7 @@ from refine.cnr_format import normalize
 from ui.context import AppContext
 from ui.layout import Layout
 from ui.render import version_name
+from ui.safety import public_message
 from ui.session import VoteState
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ class FeedbackEvents:
                request: gr.Request) -> dict[Any, Any]:
         """Store the feedback; an edit box left as it was counts as no edit."""
         ui = self.ui
+        refused = self.ctx.limits.request_refused(request)
+        if refused:
+            return {ui.fb_status: refused}
         try:
             index = int(value or "")
             original = state.versions[index]
@@ -61,7 +65,7 @@ class FeedbackEvents:
             record_feedback(self.ctx.engine, turn_id=state.turn_id, round_index=index, critique=critique or None,
                             edited_answer=edit, voter_hash=self.ctx.voter(request.session_hash or ""))
         except InvalidInput as exc:
-            return {ui.fb_status: f"⚠️ Not saved: {exc}"}
+            return {ui.fb_status: f"⚠️ Not saved: {public_message(str(exc))}"}
         except SQLAlchemyError:
             log.exception("storing feedback failed")
             return {ui.fb_status: "⚠️ Your feedback could not be saved (database error); please try again."}

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from refine.loop import MAX_ROUNDS
-from ui.context import MAX_TOKENS, AppContext
+from ui.context import AppContext
 from ui.render import STATS_HEADERS
+from ui.safety import public_message, shown_as_text
 from ui.session import ChatSession, VoteState
 
 INTRO = (
@@ -18,6 +18,7 @@ INTRO = (
 )
 CSS = """
 #vote-left, #vote-right { min-height: 6em; }
+#vote-left button[aria-label="Clear"], #vote-right button[aria-label="Clear"] { display: none; }
 .refine-banner { border: 1px solid var(--color-accent); border-radius: 8px; padding: 0 1em; }
 """
 
@@ -41,8 +42,8 @@ class Layout:
     select: gr.Radio
     vote_box: gr.Column
     pair: gr.Dropdown
-    left: gr.Markdown
-    right: gr.Markdown
+    left: gr.Chatbot  # Chatbots, not Markdown: only a Chatbot can show tags as text (see ui/safety.py)
+    right: gr.Chatbot
     vote_row: gr.Row  # the vote buttons, hidden once this comparison got its vote
     vote_buttons: dict[str, gr.Button]  # choice -> button
     reveal: gr.Markdown
@@ -59,7 +60,7 @@ class Layout:
     stats_table: gr.Dataframe
     data_token: gr.Textbox | None
     data_button: gr.Button | None
-    data_files: gr.File | None
+    data_links: gr.Markdown | None
     data_status: gr.Markdown | None
     chat_state: gr.State
     vote_state: gr.State
@@ -79,9 +80,9 @@ class Layout:
         return [self.feedback_box, self.fb_version, self.fb_critique, self.fb_edit, self.fb_status]
 
 
-def _chat_column() -> dict:
-    chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chat", buttons=["copy"], allow_tags=False,
-                         placeholder="Ask anything to start.")
+def _chat_column(ctx: AppContext) -> dict:
+    chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chat", buttons=["copy"],
+                         allow_tags=shown_as_text(ctx.settings), placeholder="Ask anything to start.")
     prompt = gr.Textbox(show_label=False, placeholder="Type a message and press Enter (Shift+Enter for a new line)",
                         lines=1, max_lines=10, elem_id="prompt")
     with gr.Row():
@@ -97,15 +98,17 @@ def _controls(ctx: AppContext) -> dict:
     with gr.Accordion("Refinement settings", open=False):
         gr.Markdown(ctx.models_line)
         with gr.Row():
-            rounds = gr.Slider(1, MAX_ROUNDS, value=s.rounds, step=1, precision=0, label="Rounds")
+            rounds = gr.Slider(1, ctx.max_rounds, value=min(s.rounds, ctx.max_rounds), step=1, precision=0,
+                               label="Rounds")
             stop_early = gr.Checkbox(value=s.stop_early, label="Stop early when there is nothing left to fix")
             temperature = gr.Slider(0.0, 2.0, value=s.temperature, step=0.05, label="Temperature (0 = greedy)")
         with gr.Row():
-            max_new_tokens = gr.Slider(1, MAX_TOKENS, value=s.max_new_tokens, step=1, precision=0,
+            most, cnr_most = ctx.max_new_tokens("base"), ctx.max_new_tokens("cnr")
+            max_new_tokens = gr.Slider(1, most, value=min(s.max_new_tokens, most), step=1, precision=0,
                                        label="Max new tokens · answer")
-            cnr_max_new_tokens = gr.Slider(1, MAX_TOKENS, value=s.cnr_max_new_tokens, step=1, precision=0,
-                                           label="Max new tokens · critique + revision")
-        judge = ctx.selector.name if ctx.selector else "no judge configured"
+            cnr_max_new_tokens = gr.Slider(1, cnr_most, value=min(s.cnr_max_new_tokens, cnr_most), step=1,
+                                           precision=0, label="Max new tokens · critique + revision")
+        judge = public_message(ctx.selector.name) if ctx.selector else "no judge configured"
         select = gr.Radio([("Every sound revision", "none"), ("Only if the judge prefers it", "judge")],
                           value=s.select if ctx.selector else "none", interactive=ctx.selector is not None,
                           label="Accept a revision", elem_id="select",
@@ -116,7 +119,14 @@ def _controls(ctx: AppContext) -> dict:
                 cnr_max_new_tokens=cnr_max_new_tokens, select=select)
 
 
-def _voting() -> dict:
+def _side(ctx: AppContext, elem_id: str) -> gr.Chatbot:
+    """One side of the blind comparison: the version's text, rendered as the chat renders it."""
+    return gr.Chatbot(show_label=False, elem_id=elem_id, layout="panel", height=None, min_height=96,
+                      max_height=480, buttons=[], feedback_options=None, autoscroll=False,
+                      allow_tags=shown_as_text(ctx.settings))
+
+
+def _voting(ctx: AppContext) -> dict:
     with gr.Column(visible=False, elem_id="vote-box") as vote_box:
         gr.Markdown("### Which answer is better?\nThe two versions are shown in random order; "
                     "you learn which is which after voting.")
@@ -124,10 +134,10 @@ def _voting() -> dict:
         with gr.Row(equal_height=True):
             with gr.Column():
                 gr.Markdown("**Left**")
-                left = gr.Markdown(elem_id="vote-left", container=True)
+                left = _side(ctx, "vote-left")
             with gr.Column():
                 gr.Markdown("**Right**")
-                right = gr.Markdown(elem_id="vote-right", container=True)
+                right = _side(ctx, "vote-right")
         with gr.Row() as vote_row:
             buttons = {
                 "left": gr.Button("⬅ Left is better", elem_id="vote-left-btn"),
@@ -170,15 +180,17 @@ def _statistics() -> dict:
 
 def _data(ctx: AppContext) -> dict:
     if ctx.settings.admin_token is None:
-        return dict(data_token=None, data_button=None, data_files=None, data_status=None)
+        return dict(data_token=None, data_button=None, data_links=None, data_status=None)
+    ttl = f"{ctx.settings.export_ttl_minutes:g}"
     with gr.Tab("Data", id="data", elem_id="data-tab"):
         gr.Markdown("Downloads for the operator: votes as preference pairs (JSONL), feedback as training "
-                    "records (JSONL), and every table (CSV).")
+                    f"records (JSONL), and every table (CSV). Each link works once, for {ttl} minutes, while "
+                    "this page stays open; the files are deleted after.")
         data_token = gr.Textbox(label="Admin token", type="password", elem_id="data-token")
         data_button = gr.Button("Prepare downloads", elem_id="data-button")
-        data_status = gr.Markdown()
-        data_files = gr.File(label="Exports", file_count="multiple", interactive=False)
-    return dict(data_token=data_token, data_button=data_button, data_files=data_files, data_status=data_status)
+        data_status = gr.Markdown(elem_id="data-status")
+        data_links = gr.Markdown(elem_id="data-links")
+    return dict(data_token=data_token, data_button=data_button, data_links=data_links, data_status=data_status)
 
 
 def build_layout(ctx: AppContext) -> Layout:
@@ -191,13 +203,14 @@ def build_layout(ctx: AppContext) -> Layout:
         with gr.Tab("Chat", id="chat"):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
-                    parts |= _chat_column()
+                    parts |= _chat_column(ctx)
                 with gr.Column(scale=1):
                     parts["panel"] = gr.Chatbot(
                         label="Refinement", height=460, layout="panel", elem_id="panel", buttons=["copy_all"],
-                        allow_tags=False, placeholder="Each round's critique and revision streams in here.")
+                        allow_tags=shown_as_text(ctx.settings),
+                        placeholder="Each round's critique and revision streams in here.")
             parts |= _controls(ctx)
-            parts |= _voting()
+            parts |= _voting(ctx)
             parts |= _feedback()
         parts |= _statistics()
         parts |= _data(ctx)

@@ -12,6 +12,7 @@ from typing import Any
 
 from refine.acceptance import RULE_TEXT
 from refine.winrate import WinRate
+from ui.safety import public_message
 from ui.session import ChatSession, Pair, VoteState
 from ui.view import RoundView, TurnView
 
@@ -46,6 +47,7 @@ def error_text(kind: str, message: str) -> str:
     if kind == "cancelled":
         return "⏹ Stopped by you."
     hint = ERROR_HINTS.get(kind, "Something went wrong.")
+    message = public_message(message)  # the page gets the reason, not the server's address
     return f"⚠️ **{hint}**" + (f" ({message})" if message else "")
 
 

@@ -37,11 +37,14 @@ class ChatSession:
                 messages += [{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.answer}]
         return [*messages, {"role": "user", "content": prompt}]
 
-    def after(self, prompt: str, view: TurnView, conversation_id: int | None) -> ChatSession:
-        """The session once a turn on `prompt` ended as `view` shows."""
+    def after(self, prompt: str, view: TurnView, conversation_id: int | None,
+              failure: str | None = None) -> ChatSession:
+        """The session once a turn on `prompt` ended as `view` shows; `failure` is what the chat
+        shows for an answer that failed before any text (why it failed)."""
         ok = view.base_done and view.error is None
         answer = (view.final if view.final is not None else view.last_good()) if ok else None
-        exchange = Exchange(prompt=prompt, shown=answer if answer is not None else view.base_text, answer=answer)
+        shown = answer if answer is not None else (view.base_text or failure or "")
+        exchange = Exchange(prompt=prompt, shown=shown, answer=answer)
         return ChatSession(conversation_id=conversation_id, exchanges=(*self.exchanges, exchange))
 
     def without_last(self) -> tuple[ChatSession, str | None]:

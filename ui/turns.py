@@ -18,6 +18,7 @@ from typing import Literal
 
 from db.recorder import EventRecorder
 from refine.events import BaseDelta, BaseDone, CritiqueDelta, ErrorEvent, Event, RevisionDelta, RoundDone
+from ui.safety import public_message
 from ui.view import TurnView
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ class TurnRun:
         self._task.add_done_callback(self._ended)
 
     def _apply(self, event: Event) -> None:
+        if isinstance(event, ErrorEvent) and event.kind != "cancelled":  # the page gets it without addresses
+            log.warning("%s failed (%s): %s", "the answer" if event.stage == "base" else f"round {event.round}",
+                        event.kind, event.message)
         if self._is_urgent(event):
             self._urgent.set()
         self.view.apply(event)
@@ -92,7 +96,7 @@ class TurnRun:
                 await asyncio.to_thread(self._recorder.feed, event)
             except Exception as exc:
                 log.warning("could not store a %s event: %s", event.type, exc)
-                self.view.save_error = self.view.save_error or str(exc)
+                self.view.save_error = self.view.save_error or public_message(str(exc))
         self.view.turn_id = self._recorder.turn_id if self._recorder else None
         self.view.finished = True
         self._changed.set()

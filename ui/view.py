@@ -10,6 +10,7 @@ from refine.events import (
     BaseDelta, BaseDone, Candidate, CritiqueDelta, ErrorEvent, Event, Judging, RevisionDelta, RoundDone, RoundStart,
     StopReason, ThinkingDelta, Timing, TurnDone,
 )
+from ui.safety import public_message
 
 RoundPhase = Literal["critique", "revision", "judging", "complete", "rejected", "failed", "cancelled"]
 
@@ -68,7 +69,7 @@ class TurnView:
         elif isinstance(event, ThinkingDelta):
             self.thinking += event.text
         elif isinstance(event, BaseDone):
-            self.base_text, self.base_model, self.base_done = event.text, event.model, True
+            self.base_text, self.base_model, self.base_done = event.text, public_message(event.model), True
             self.base_finish, self.thinking = event.finish_reason, event.thinking or self.thinking
         elif isinstance(event, RoundStart):
             self.rounds.append(RoundView(event.round, event.model))
@@ -88,7 +89,8 @@ class TurnView:
         elif isinstance(event, RoundDone):
             current = self.rounds[-1]
             current.critique, current.revision, current.phase = event.critique, event.revision, event.status
-            current.error, current.stop_reason = event.error, event.stop_reason
+            current.error = public_message(event.error) if event.error else event.error  # no server address
+            current.stop_reason = event.stop_reason
             current.nothing_to_fix, current.duration = event.nothing_to_fix, event.timing.duration
             current.rejection, current.candidate, current.candidates = event.rejection, event.chosen, event.candidates
         elif isinstance(event, ErrorEvent) and event.stage == "base":

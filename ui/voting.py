@@ -15,6 +15,7 @@ from db.store import record_vote
 from ui.context import AppContext
 from ui.layout import Layout
 from ui.render import pair_label, pair_value, parse_pair, reveal
+from ui.safety import exact
 from ui.session import VoteState, comparable_pairs, show, vote_key, with_vote
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,11 @@ def start(state: VoteState) -> VoteState:
     """Show the default comparison of a finished turn: the original against the latest revision."""
     pairs = comparable_pairs(state.versions)
     return show(state, pairs[0]) if pairs else state
+
+
+def side(text: str) -> list[dict[str, Any]]:
+    """What one side of the comparison shows: the version's text as it is."""
+    return exact([{"role": "assistant", "content": text}])
 
 
 def vote_area(ui: Layout, state: VoteState) -> dict[Any, Any]:
@@ -38,8 +44,8 @@ def vote_area(ui: Layout, state: VoteState) -> dict[Any, Any]:
         ui.vote_box: gr.Column(visible=True),
         ui.pair: gr.Dropdown(choices=[(pair_label(p, state.versions), pair_value(p)) for p in pairs],
                              value=pair_value(state.pair)),
-        ui.left: state.versions[state.left],
-        ui.right: state.versions[state.right],
+        ui.left: side(state.versions[state.left]),
+        ui.right: side(state.versions[state.right]),
         ui.vote_row: gr.Row(visible=open_),
         ui.reveal: "" if open_ else reveal(state),
     }
@@ -66,6 +72,9 @@ class VoteEvents:
         """The click handler of one vote button."""
 
         def vote(state: VoteState, request: gr.Request) -> dict[Any, Any]:
+            refused = self.ctx.limits.request_refused(request)
+            if refused:
+                return {self.ui.reveal: refused}
             return self.vote(choice, state, request.session_hash or "")
 
         vote.__name__ = f"vote_{choice}"
@@ -87,6 +96,7 @@ class VoteEvents:
         except SQLAlchemyError:
             log.exception("storing a vote failed")
             return {ui.reveal: "⚠️ Your vote could not be saved (database error); please try again."}
+        self.ctx.votes_stored += 1
         state = with_vote(state, choice)
         return {**vote_area(ui, state), ui.vote_state: state}
 

@@ -1,9 +1,14 @@
 """Retries with exponential backoff and jitter, for failures before the first delta only.
 
-A retryable failure (unavailable, timeout, overloaded) that happens before any text has been
-yielded is retried; once a delta has gone out, nothing is retried (the caller already has part
-of an answer) and the inner backend's error, carrying `partial`, passes through unchanged, as
-does the closing `Finish`. Works around any `Backend`, remote or local.
+Only failures where the server cannot still be working on the request are retried
+(`worth_retrying`): the connection could not be made (refused, or no connect within the connect
+timeout), or the server refused the request as full (429, TGI's `overloaded`) or unavailable
+(503). A read timeout is not retried: the server took the prompt and may still be working on
+it (a long prompt's prefill), and sending it again would make it work twice. The abandoned
+request's connection is closed before the error arrives here (see sse.py), so a server that
+notices disconnects stops. Once a delta has gone out, nothing is retried (the caller already
+has part of an answer) and the inner backend's error, carrying `partial`, passes through
+unchanged, as does the closing `Finish`. Works around any `Backend`, remote or local.
 """
 
 from __future__ import annotations
@@ -14,9 +19,34 @@ import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
-from refine.backends.base import Backend, BackendError, GenerationParams, Message, StreamItem
+import httpx
+
+from refine.backends.base import (
+    Backend,
+    BackendError,
+    BackendOverloaded,
+    GenerationParams,
+    Message,
+    StreamItem,
+)
 
 log = logging.getLogger(__name__)
+RETRY_STATUSES = (429, 503)
+
+
+def worth_retrying(err: BackendError) -> bool:
+    """Whether a failure before the first delta may be retried: a connection that was never
+    made, or a server that said it is full or unavailable (429, 503, TGI `overloaded`)."""
+    if isinstance(err, BackendOverloaded) or err.status in RETRY_STATUSES:
+        return True
+    cause: BaseException | None = err
+    for _ in range(8):  # the transport error the backend converted, through any copies
+        cause = cause.__cause__ if cause is not None else None
+        if cause is None:
+            return False
+        if isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):
+            return True
+    return False
 
 
 def backoff_delay(
@@ -59,7 +89,7 @@ class RetryingBackend:
                         yield item
                 return
             except BackendError as err:
-                if started or not err.retryable or attempt >= self.retries:
+                if started or not err.retryable or not worth_retrying(err) or attempt >= self.retries:
                     if attempt and not started:
                         raise type(err)(
                             f"{err.message} (gave up after {attempt + 1} attempts)",

@@ -125,6 +125,11 @@ class EventStreamClient:
         Raises BackendTimeout when no event arrives within `timeout` seconds (keep-alive comments
         do not count), and a typed error for an HTTP error or a non-stream answer. Use it inside
         `contextlib.aclosing` so that the connection is released when the caller stops early.
+
+        Whenever the answer is not read to its end (a timeout, an error, a caller that stops),
+        its connection is closed, not returned to the pool: httpx closes a connection whose
+        response was not read to its end, so the server sees the client leave (vLLM, TGI and
+        llama.cpp then stop generating). The test in tests/test_backend_abandon.py holds it to that.
         """
         try:
             async with self._http().stream(
@@ -172,7 +177,10 @@ class EventStreamClient:
         )
 
     def _redact(self, err: BackendError) -> BackendError:
-        """The error itself, or a copy without the token should the server have echoed it."""
+        """The error itself, or a copy without the token should the server have echoed it
+        (with the same cause: the retry policy reads it)."""
         if not self._token or self._token not in err.message:
             return err
-        return type(err)(err.message.replace(self._token, "***"), partial=err.partial, status=err.status)
+        copy = type(err)(err.message.replace(self._token, "***"), partial=err.partial, status=err.status)
+        copy.__cause__ = err.__cause__
+        return copy
