@@ -43,8 +43,8 @@ class Settings(BaseSettings):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(512, ge=1, le=32768)
     cnr_max_new_tokens: int = Field(768, ge=1, le=32768)
-    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="Local backend: penalty on tokens the "
-                                      "generation already wrote (the prompt is exempt, so a revision may copy the answer)")
+    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="Local backend, CnR role: penalty on "
+                                      "tokens the generation already wrote (the prompt is exempt, so a revision may copy the answer)")
     no_repeat_ngram_size: int = Field(0, ge=0, le=64, description="Local backend: forbid repeating any n-gram of this "
                                       "many tokens within the generation (0 = off)")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import SecretStr
@@ -53,11 +53,14 @@ def cnr_few_shot(settings: Settings) -> bool:
 
 
 def generation_params(settings: Settings, role: Role) -> GenerationParams:
-    """Sampling settings for a role."""
+    """Sampling settings for a role. The repetition controls are the CnR role's (measured there:
+    docs/acceptance.md); the base answer keeps plain decoding, its loops are stopped by the loop."""
     tokens = settings.max_new_tokens if role == "base" else settings.cnr_max_new_tokens
-    return GenerationParams(max_new_tokens=tokens, temperature=settings.temperature, top_p=settings.top_p,
-                            repetition_penalty=settings.repetition_penalty,
-                            no_repeat_ngram_size=settings.no_repeat_ngram_size)
+    params = GenerationParams(max_new_tokens=tokens, temperature=settings.temperature, top_p=settings.top_p)
+    if role == "cnr":
+        params = replace(params, repetition_penalty=settings.repetition_penalty,
+                         no_repeat_ngram_size=settings.no_repeat_ngram_size)
+    return params
 
 
 @dataclass
