@@ -65,7 +65,8 @@ def generation_params(settings: Settings, role: Role) -> GenerationParams:
 
 @dataclass
 class BackendPool:
-    """Builds backends once and shares loaded local models between roles that use the same one."""
+    """Builds backends once and shares loaded local models between roles that use the same one
+    (with and without the CnR adapter: see `backend`)."""
 
     settings: Settings
 
@@ -90,17 +91,20 @@ class BackendPool:
 
     def backend(self, kind: str, model: str, *, url: str | None = None, api_key: SecretStr | None = None,
                 adapter: str | None = None) -> Backend:
-        """A backend of any kind (also used for judges); local models are loaded once per
-        (model, adapter) and remote ones retry failures before their first token."""
+        """A backend of any kind (also used for judges); local models are loaded once per model
+        and remote ones retry failures before their first token. A local model that the CnR role
+        runs with its adapter is loaded once, adapter attached, and serves every role on that
+        model: the others run on it with the adapter switched off."""
         s = self.settings
         if kind == "local":
             from refine.backends.local import LocalBackend, LocalModel
 
-            key = (model, adapter, s.dtype)
+            attached = adapter or self._attached_adapter(model)
+            key = (model, attached, s.dtype)
             if key not in self._local:
-                log.info("loading local model %r (adapter %r)", model or "embedded", adapter)
-                self._local[key] = LocalModel(model, adapter=adapter, dtype=s.dtype)
-            return LocalBackend(self._local[key])  # type: ignore[arg-type]
+                log.info("loading local model %r (adapter %r)", model or "embedded", attached)
+                self._local[key] = LocalModel(model, adapter=attached, dtype=s.dtype, cache_dir=s.cache_dir)
+            return LocalBackend(self._local[key], adapter=adapter is not None)  # type: ignore[arg-type]
         if not url:
             raise ValueError(f"the {kind} backend needs a server URL")
         timeouts = {"timeout": s.timeout, "connect_timeout": s.connect_timeout}
@@ -118,6 +122,18 @@ class BackendPool:
         from refine.backends.retry import RetryingBackend
 
         return RetryingBackend(remote, retries=s.retries)
+
+    def _attached_adapter(self, model: str) -> str | None:
+        """The adapter a local model is loaded with when a role asks for it without one: the CnR
+        role's adapter if the CnR role runs locally on this same model (so the base weights are
+        loaded once), else none."""
+        s = self.settings
+        if s.cnr_backend != "local" or cnr_model(s) != model:
+            return None
+        adapter = cnr_adapter(s)
+        if adapter:
+            check_cnr_adapter(s)  # said before loading, also when the base role loads it first
+        return adapter
 
     async def aclose(self) -> None:
         """Close every backend and stop the local models' workers."""

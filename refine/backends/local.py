@@ -4,6 +4,10 @@ One worker thread per loaded model runs generations one at a time, in arrival or
 so concurrent callers queue fairly; a caller that stops reading cancels its generation. The
 worker also cuts the text at the stop strings (ending the generation there) and says why each
 generation ended: end-of-turn token, stop string or `max_new_tokens`.
+
+A model loaded with a PEFT adapter serves both roles: each generation runs with the adapter on
+(the CnR role) or off (the base role), so the base weights are loaded once. A GGUF model is read
+from its dequantized copy in the cache after its first load (refine.backends.gguf_cache).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -63,18 +68,23 @@ def split_model_ref(model: str) -> tuple[str, str | None]:
 
 
 def load_model_and_tokenizer(model: str, *, adapter: str | None = None, dtype: str = "auto",
-                             device: str = "cpu") -> tuple[Any, Any]:
+                             device: str = "cpu", cache_dir: str | None = None) -> tuple[Any, Any]:
     """Load a causal LM (+ optional PEFT adapter) and its tokenizer from a folder, a GGUF file or
-    a hub id (a hub id only works online)."""
-    import torch
+    a hub id (a hub id only works online). A GGUF file is read from its dequantized copy in the
+    cache when there is one, and cached when not (refine.backends.gguf_cache; `cache_dir` is the
+    cache folder, None = the default, 'none' = no cache)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from refine.backends.gguf_cache import cache_root, load_gguf
+
     ref, gguf = split_model_ref(model)
-    kwargs = {"gguf_file": gguf} if gguf else {}
     torch_dtype = resolve_dtype(dtype, device)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(ref, dtype=torch_dtype, **kwargs)
+        if gguf:
+            lm, tokenizer = load_gguf(Path(ref) / gguf, torch_dtype, cache_root(cache_dir))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(ref)
+            lm = AutoModelForCausalLM.from_pretrained(ref, dtype=torch_dtype)
     except OSError as exc:
         raise BackendError(f"cannot load model {model or EMBEDDED_NAME!r}: {exc}") from exc
     if adapter:
@@ -150,6 +160,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue
     cancelled: threading.Event = field(default_factory=threading.Event)
+    adapter: bool = True  # run with the model's PEFT adapter (when it has one); False = the base model alone
 
 
 @dataclass
@@ -183,13 +194,18 @@ def _post(job: _Job, item: object) -> None:
 
 
 class LocalModel:
-    """A loaded model with its own generation worker thread."""
+    """A loaded model with its own generation worker thread.
+
+    With an adapter, the model is the base model with the PEFT adapter attached, and each
+    generation says whether the adapter is on: one copy of the base weights serves both the
+    base role (adapter switched off for its generations) and the CnR role (adapter on)."""
 
     def __init__(self, model: str = "", *, adapter: str | None = None, dtype: str = "auto",
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", cache_dir: str | None = None) -> None:
         self.model_ref = model
         self.adapter = adapter
-        self.model, self.tokenizer = load_model_and_tokenizer(model, adapter=adapter, dtype=dtype, device=device)
+        self.model, self.tokenizer = load_model_and_tokenizer(
+            model, adapter=adapter, dtype=dtype, device=device, cache_dir=cache_dir)
         self.dtype = str(self.model.dtype).removeprefix("torch.")
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
@@ -197,20 +213,30 @@ class LocalModel:
         self._worker.start()
 
     @property
-    def name(self) -> str:
-        base = Path(self.model_ref).name if self.model_ref else EMBEDDED_NAME
-        return f"{base}+{Path(self.adapter).name}" if self.adapter else base
+    def base_name(self) -> str:
+        """The base model's name (what the model is with its adapter switched off)."""
+        return Path(self.model_ref).name if self.model_ref else EMBEDDED_NAME
 
-    def encode(self, messages: list[Message]) -> Any:
+    @property
+    def name(self) -> str:
+        """The model's name: the base model's, '+adapter' when it has one."""
+        return f"{self.base_name}+{Path(self.adapter).name}" if self.adapter else self.base_name
+
+    def role_name(self, adapter: bool) -> str:
+        """The name of the model a generation runs with, its adapter on or off."""
+        return self.name if adapter else self.base_name
+
+    def encode(self, messages: list[Message], *, name: str | None = None) -> Any:
         """Token ids (and attention mask, as tensors of shape [1, n]) of a chat rendered with the
         model's chat template, generation prompt added. A template that refuses the system role
-        gets the system prompt folded into the first user message; BadRequest if it still refuses."""
+        gets the system prompt folded into the first user message; BadRequest if it still refuses
+        (naming the model as `name`, default `self.name`)."""
         return render_chat(
             lambda chat: self.tokenizer.apply_chat_template(
                 chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
             ),
             messages,
-            template_of=f"model {self.name!r}",
+            template_of=f"model {name or self.name!r}",
         )
 
     def submit(self, job: _Job) -> None:
@@ -242,7 +268,8 @@ class LocalModel:
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        inputs = self.encode(job.messages)
+        with_adapter = bool(self.adapter) and job.adapter
+        inputs = self.encode(job.messages, name=self.role_name(with_adapter))
         length = inputs["input_ids"].shape[1]
         if self.max_context and length + job.params.max_new_tokens > self.max_context:
             raise ContextTooLong(
@@ -282,7 +309,11 @@ class LocalModel:
 
         if job.params.temperature > 0 and job.params.seed is not None:
             torch.manual_seed(job.params.seed)
-        with torch.inference_mode():
+        # The base role's generations run with the adapter's layers switched off (PEFT's LoRA
+        # layers then compute exactly the base layer); the worker runs one generation at a time,
+        # so the switch never overlaps another role's generation.
+        adapter_off = self.model.disable_adapter() if self.adapter and not with_adapter else nullcontext()
+        with torch.inference_mode(), adapter_off:
             self.model.generate(
                 **inputs.to(self.model.device),
                 max_new_tokens=job.params.max_new_tokens,
@@ -297,14 +328,19 @@ class LocalModel:
 
 
 class LocalBackend:
-    """Backend over a LocalModel; several backends may share one model (one queue)."""
+    """Backend over a LocalModel; several backends may share one model (one queue). A backend
+    over a model with an adapter runs with it (`adapter=True`, the default) or without it
+    (`adapter=False`: the base model, e.g. the base role sharing the CnR role's model)."""
 
-    def __init__(self, model: LocalModel) -> None:
+    def __init__(self, model: LocalModel, *, adapter: bool | None = None) -> None:
+        if adapter and not model.adapter:
+            raise ValueError(f"model {model.name!r} has no adapter to run with")
         self.local = model
+        self.adapter = bool(model.adapter) if adapter is None else adapter
 
     @property
     def model_id(self) -> str:
-        return self.local.name
+        return self.local.role_name(self.adapter)
 
     async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[StreamItem]:
         """Text deltas (about one per token, cut before any stop string), then the `Finish`:
@@ -312,7 +348,7 @@ class LocalBackend:
         of tokens generated. Queued behind the model's other generations; leaving early (closing
         the stream) cancels this one."""
         loop = asyncio.get_running_loop()
-        job = _Job(messages=messages, params=params, loop=loop, out=asyncio.Queue())
+        job = _Job(messages=messages, params=params, loop=loop, out=asyncio.Queue(), adapter=self.adapter)
         self.local.submit(job)
         produced: list[str] = []
         try:
