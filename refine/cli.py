@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("db.export_cli", "Export votes, feedback and tables from the database."),
     "db": ("db.cli", "Database schema: upgrade or show the current revision."),
     "import": ("refine.import_cli", "Convert public feedback datasets into Refine's records."),
+    "build-data": ("refine.build_data_cli", "Build CnR training records with edits, split and data card, from raw datasets."),
 }
 
 

@@ -2,23 +2,34 @@
 how a feedback record becomes a training target, and how model output splits into a
 critique and a revision — incrementally, as tokens stream in.
 
-A CnR generation reads:
+Two formats. `rewrite` (the research's, for large models) reads:
 
     Critique: <what is wrong or missing>
     Revision: <the improved response>
 
-or, when the response is already good, only ``Critique: Nothing to fix.``
+`edits` (for small models, which cannot regenerate a long answer faithfully) reads:
+
+    Critique: <what is wrong or missing>
+    Replace: <an exact passage of the response>
+    With: <its replacement>
+
+with more edits as refine.edits describes. Either way, when the response is already good,
+only ``Critique: Nothing to fix.``
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import regex
 
-FORMAT_VERSION = "cnr-v1"
+CnRFormat = Literal["rewrite", "edits"]
+# The version of each format's prompt and target text; an adapter records the one it was trained
+# on, and the loop refuses an adapter whose format or version this code does not know.
+FORMAT_VERSIONS: dict[str, str] = {"rewrite": "cnr-v1", "edits": "edits-v1"}
+FORMAT_VERSION = FORMAT_VERSIONS["rewrite"]
 CRITIQUE_MARKER = "Critique:"
 REVISION_MARKER = "\nRevision:"
 NOTHING_TO_FIX = "Nothing to fix."
@@ -36,6 +47,17 @@ INSTRUCTION = (
     f'Write "{CRITIQUE_MARKER}" followed by a short critique of the response, then on a new line '
     f'"{REVISION_MARKER.strip()}" followed by the complete improved response. If the response '
     f'needs no change, write only "{CRITIQUE_MARKER} {NOTHING_TO_FIX}"'
+)
+
+EDITS_SYSTEM_PROMPT = (
+    "You are a careful reviewer. You point out what is wrong or missing in a response to a "
+    "conversation, then propose small edits that fix it."
+)
+EDITS_INSTRUCTION = (
+    f'Write "{CRITIQUE_MARKER}" followed by a short critique of the response. Then give each change as '
+    '"Replace:" with an exact passage of the response and, on the next line, "With:" with its replacement; '
+    '"After:" with an exact passage and "Insert:" with text to add after it; or "Append:" with a paragraph to '
+    f'add at the end. If the response needs no change, write only "{CRITIQUE_MARKER} {NOTHING_TO_FIX}"'
 )
 
 Message = dict[str, str]
@@ -66,31 +88,44 @@ def render_conversation(conversation: list[Message]) -> str:
     return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in conversation)
 
 
-def cnr_user_message(conversation: list[Message], response: str) -> str:
-    """The user turn that asks for a critique and revision of `response`."""
+def cnr_user_message(conversation: list[Message], response: str, fmt: CnRFormat = "rewrite") -> str:
+    """The user turn that asks for a critique and revision (or edits) of `response`."""
     label = "Prompt" if len(conversation) == 1 else "Conversation"
+    instruction = EDITS_INSTRUCTION if fmt == "edits" else INSTRUCTION
     return (
         f"{label}:\n{render_conversation(conversation)}\n\n"
-        f"Response to improve:\n{response}\n\n{INSTRUCTION}"
+        f"Response to improve:\n{response}\n\n{instruction}"
     )
 
 
-def cnr_target(critique: str, revision: str, response: str | None = None) -> str:
-    """The model's part for a feedback record (the training target)."""
+def cnr_target(critique: str, revision: str, response: str | None = None, *, fmt: CnRFormat = "rewrite",
+               edits: list[Any] | None = None) -> str:
+    """The model's part for a feedback record (the training target). In the `edits` format the
+    edits (refine.edits.Edit) are given, or derived from `response` and `revision`."""
     critique = critique.strip()
     if is_nothing_to_fix(critique) and (response is None or normalize(revision) == normalize(response)):
         return f"{CRITIQUE_MARKER} {NOTHING_TO_FIX}"
+    if fmt == "edits":
+        from refine.edits import derive_edits, render_edits
+
+        if edits is None:
+            if response is None:
+                raise ValueError("the edits format needs the response (or the edits)")
+            edits = derive_edits(response, revision)
+        return f"{CRITIQUE_MARKER} {critique}\n{render_edits(edits)}"
     return f"{CRITIQUE_MARKER} {critique}{REVISION_MARKER} {revision.strip()}"
 
 
-def cnr_messages(conversation: list[Message], response: str, *, few_shot: bool = False) -> list[Message]:
-    """Chat messages of a CnR request; the model's chat template turns them into a prompt."""
-    messages: list[Message] = [{"role": "system", "content": SYSTEM_PROMPT}]
+def cnr_messages(conversation: list[Message], response: str, *, few_shot: bool = False,
+                 fmt: CnRFormat = "rewrite") -> list[Message]:
+    """Chat messages of a CnR request in format `fmt`; the model's chat template turns them into a prompt."""
+    system = EDITS_SYSTEM_PROMPT if fmt == "edits" else SYSTEM_PROMPT
+    messages: list[Message] = [{"role": "system", "content": system}]
     if few_shot:
         for prompt, bad, critique, revision in FEW_SHOT_EXAMPLES:
-            messages.append({"role": "user", "content": cnr_user_message([{"role": "user", "content": prompt}], bad)})
-            messages.append({"role": "assistant", "content": cnr_target(critique, revision)})
-    messages.append({"role": "user", "content": cnr_user_message(conversation, response)})
+            messages.append({"role": "user", "content": cnr_user_message([{"role": "user", "content": prompt}], bad, fmt)})
+            messages.append({"role": "assistant", "content": cnr_target(critique, revision, bad, fmt=fmt)})
+    messages.append({"role": "user", "content": cnr_user_message(conversation, response, fmt)})
     return messages
 
 
@@ -166,6 +201,7 @@ class ParsedCnR:
     nothing_to_fix: bool = False
     error: str | None = None
     overrun: str = ""
+    edits: tuple[Any, ...] = ()  # the `edits` format: every edit (refine.edits.Edit), applied or dropped
 
 
 class CnRStreamParser:

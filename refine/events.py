@@ -1,7 +1,8 @@
 """Typed events of one refinement turn, consumed alike by the UI, the CLI and storage.
 
 Order for a turn: (ThinkingDelta | BaseDelta)* BaseDone, then per round k = 1..N:
-RoundStart, then per candidate c = 0..C-1: CritiqueDelta*, RevisionDelta* (tagged with c);
+RoundStart, then per candidate c = 0..C-1: CritiqueDelta*, then RevisionDelta* (the `rewrite`
+format) or EditApplied* (the `edits` format), tagged with c;
 Judging* when a selector compares candidates; RoundDone; finally TurnDone.
 An error in the base answer yields ErrorEvent then TurnDone(stop_reason="error").
 """
@@ -87,6 +88,18 @@ class RevisionDelta:
 
 
 @dataclass(frozen=True)
+class EditApplied:
+    """The `edits` format: one complete edit of round `round` (refine.edits.Edit as JSON: kind,
+    span, text, applied, reason), and `revision`, the answer with every edit so far applied."""
+
+    round: int
+    edit: dict
+    revision: str
+    candidate: int = 0
+    type: Literal["edit_applied"] = "edit_applied"
+
+
+@dataclass(frozen=True)
 class Judging:
     """A selector is comparing candidate `candidate` of round `round` with the current answer."""
 
@@ -111,6 +124,7 @@ class Candidate:
     verdicts: tuple[dict, ...] = ()
     raw: str = ""
     timing: Timing = field(default_factory=Timing)
+    edits: tuple[dict, ...] = ()  # the `edits` format: every edit, applied or dropped (EditApplied.edit)
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,8 @@ class RoundDone:
     finish_reason: str | None = None
     candidates: tuple[Candidate, ...] = ()
     chosen: int = 0  # index of the candidate in `candidates` this round reports
+    cnr_format: str = "cnr-v1"  # the CnR format version the round was generated in (refine.cnr_format)
+    edits: tuple[dict, ...] = ()  # the `edits` format: the chosen candidate's edits, applied or dropped
     type: Literal["round_done"] = "round_done"
 
 
@@ -160,6 +176,6 @@ class TurnDone:
     type: Literal["turn_done"] = "turn_done"
 
 
-Event = Union[BaseDelta, ThinkingDelta, BaseDone, RoundStart, CritiqueDelta, RevisionDelta, Judging, RoundDone,
-              ErrorEvent, TurnDone]
+Event = Union[BaseDelta, ThinkingDelta, BaseDone, RoundStart, CritiqueDelta, RevisionDelta, EditApplied, Judging,
+              RoundDone, ErrorEvent, TurnDone]
 

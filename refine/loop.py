@@ -17,10 +17,13 @@ from typing import Any
 
 from refine.acceptance import AcceptanceConfig, Judgement, check_loop, check_revision
 from refine.backends.base import Backend, BackendError, Finish, GenerationParams, Message
-from refine.cnr_format import CNR_STOP_STRINGS, CnRStreamParser, ParsedCnR, cnr_messages
+from refine.cnr_format import (
+    CNR_STOP_STRINGS, FORMAT_VERSIONS, CnRFormat, CnRStreamParser, ParsedCnR, Section, cnr_messages,
+)
+from refine.edits_stream import EditsStreamParser
 from refine.events import (
-    BaseDelta, BaseDone, Candidate, CritiqueDelta, ErrorEvent, Event, Judging, RevisionDelta, RoundDone,
-    RoundStart, StopReason, ThinkingDelta, Timing, TurnDone,
+    BaseDelta, BaseDone, Candidate, CritiqueDelta, EditApplied, ErrorEvent, Event, Judging, RevisionDelta,
+    RoundDone, RoundStart, StopReason, ThinkingDelta, Timing, TurnDone,
 )
 from refine.selection import Selector
 from refine.thinking import ThinkingSplitter
@@ -34,7 +37,8 @@ LOOP_CHECK_TAIL = 6000  # characters at the end of the text that a streaming che
 @dataclass(frozen=True)
 class LoopConfig:
     """How one turn is refined. `candidates` revisions are sampled per round (use a temperature
-    above 0 in `cnr_params` for them to differ); `acceptance` holds the rules' thresholds."""
+    above 0 in `cnr_params` for them to differ); `acceptance` holds the rules' thresholds;
+    `cnr_format` is the CnR format the model writes (an adapter records its own)."""
 
     rounds: int = 3
     stop_early: bool = True
@@ -43,6 +47,7 @@ class LoopConfig:
     cnr_params: GenerationParams = field(default_factory=lambda: GenerationParams(max_new_tokens=768))
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
     candidates: int = 1
+    cnr_format: CnRFormat = "rewrite"
 
     def __post_init__(self) -> None:
         if not 1 <= self.rounds <= MAX_ROUNDS:
@@ -99,7 +104,7 @@ def _no_answer_message(finish: Finish, thinking: str) -> str:
 class _Generation:
     """What one CnR candidate generation produced."""
 
-    parser: CnRStreamParser
+    parser: CnRStreamParser | EditsStreamParser
     clock: _Clock
     finish: Finish | None = None
     error: BackendError | None = None
@@ -108,12 +113,28 @@ class _Generation:
     parsed: ParsedCnR | None = None
 
 
+def _piece_events(k: int, index: int, parser: CnRStreamParser | EditsStreamParser,
+                  pieces: list[tuple[Section | str, Any]]) -> list[Event]:
+    """The events of parsed pieces: critique and revision text, or applied edits."""
+    events: list[Event] = []
+    for section, piece in pieces:
+        if section == "critique":
+            events.append(CritiqueDelta(k, piece, index))
+        elif section == "edit":
+            events.append(EditApplied(k, piece.to_json(), parser.revision, index))  # type: ignore[union-attr]
+        else:
+            events.append(RevisionDelta(k, piece, index))
+    return events
+
+
 async def _generate(k: int, index: int, cnr: Backend, messages: list[Message], params: GenerationParams,
-                    config: LoopConfig, cancel: asyncio.Event | None, out: list[_Generation]) -> AsyncIterator[Event]:
-    """Stream one candidate's critique and revision as events; its _Generation is appended to
-    `out`. Stops reading (which stops the generation) at a loop, at the end of the revision, or
+                    config: LoopConfig, cancel: asyncio.Event | None, out: list[_Generation],
+                    current: str) -> AsyncIterator[Event]:
+    """Stream one candidate's critique and revision (or edits of `current`) as events; its
+    _Generation is appended to `out`. Stops reading (which stops the generation) at a loop, at the end of the revision, or
     at cancellation."""
-    gen = _Generation(CnRStreamParser(), _Clock())
+    parser = EditsStreamParser(current) if config.cnr_format == "edits" else CnRStreamParser()
+    gen = _Generation(parser, _Clock())
     thinking = ThinkingSplitter()
     stream = cnr.stream(messages, params)
     try:
@@ -124,8 +145,8 @@ async def _generate(k: int, index: int, cnr: Backend, messages: list[Message], p
             gen.clock.tick()
             for part, text in thinking.feed(item):
                 if part == "answer":
-                    for section, piece in gen.parser.feed(text):
-                        yield (CritiqueDelta(k, piece, index) if section == "critique" else RevisionDelta(k, piece, index))
+                    for event in _piece_events(k, index, gen.parser, gen.parser.feed(text)):
+                        yield event
             if gen.parser.done:  # the revision ended at a second label or template text
                 gen.finish = Finish("stop", "end_of_revision")
                 break
@@ -143,10 +164,10 @@ async def _generate(k: int, index: int, cnr: Backend, messages: list[Message], p
         await stream.aclose()
     for part, text in thinking.finish():
         if part == "answer":
-            for section, piece in gen.parser.feed(text):
-                yield (CritiqueDelta(k, piece, index) if section == "critique" else RevisionDelta(k, piece, index))
-    for section, piece in gen.parser.flush():
-        yield CritiqueDelta(k, piece, index) if section == "critique" else RevisionDelta(k, piece, index)
+            for event in _piece_events(k, index, gen.parser, gen.parser.feed(text)):
+                yield event
+    for event in _piece_events(k, index, gen.parser, gen.parser.flush()):
+        yield event
     gen.parsed = gen.parser.finish()
     out.append(gen)
 
@@ -156,7 +177,7 @@ def _judge_candidate(gen: _Generation, current: str, config: LoopConfig) -> Cand
     parsed = gen.parsed
     assert parsed is not None
     base = dict(critique=parsed.critique, revision=parsed.revision, raw=gen.parser.raw, timing=gen.clock.timing(),
-                finish_reason=gen.finish.reason if gen.finish else None)
+                finish_reason=gen.finish.reason if gen.finish else None, edits=tuple(e.to_json() for e in parsed.edits))
     if gen.cancelled:
         return Candidate(status="cancelled", **base)
     if gen.error is not None:
@@ -276,10 +297,10 @@ async def refine_turn(
     for k in range(1, config.rounds + 1):
         yield RoundStart(round=k, model=cnr.model_id)
         started = time.perf_counter()
-        messages = cnr_messages(conversation, current, few_shot=config.few_shot)
+        messages = cnr_messages(conversation, current, few_shot=config.few_shot, fmt=config.cnr_format)
         generations: list[_Generation] = []
         for index in range(config.candidates):
-            async for event in _generate(k, index, cnr, messages, params, config, cancel, generations):
+            async for event in _generate(k, index, cnr, messages, params, config, cancel, generations, current):
                 yield event
             if generations[-1].cancelled or generations[-1].error is not None:
                 break
@@ -301,7 +322,8 @@ async def refine_turn(
         timing = Timing(ttft=c.timing.ttft, duration=time.perf_counter() - started,
                         tokens=sum(x.timing.tokens for x in candidates))
         common: dict[str, Any] = dict(round=k, model=cnr.model_id, critique=c.critique, raw=c.raw, timing=timing,
-                                      finish_reason=c.finish_reason, candidates=tuple(candidates), chosen=chosen)
+                                      finish_reason=c.finish_reason, candidates=tuple(candidates), chosen=chosen,
+                                      cnr_format=FORMAT_VERSIONS[config.cnr_format], edits=c.edits)
         if cancelled:
             yield RoundDone(**common, revision=c.revision, status="cancelled", stop_reason="cancelled")
             stop = "cancelled"

@@ -53,14 +53,53 @@ class _Conversation(BaseModel):
         return [{"role": "user", "content": self.prompt or ""}]
 
 
+class EditItem(BaseModel):
+    """One edit of a record's response (see refine.edits): `kind` replace / insert_after /
+    append, the exact `span` of the response it changes ("" for append) and the new `text`."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["replace", "insert_after", "append"]
+    span: str = ""
+    text: str = ""
+
+
 class FeedbackRecord(_Conversation):
-    """One training example for the CnR model."""
+    """One training example for the CnR model. `edits` (optional) turn `response` into
+    `revision` when applied in order; the `edits` format trains on them, and a record without
+    them gets edits derived from the difference (refine.edits.derive_edits)."""
 
     response: str = Field(min_length=1)
     critique: str = Field(min_length=1)
     revision: str = Field(min_length=1)
+    edits: list[EditItem] | None = None
     source: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _edits_make_the_revision(self):
+        if self.edits:
+            from refine.edits import Edit, apply_edits
+
+            try:
+                edits = [Edit.from_json(e.model_dump()) for e in self.edits]
+            except ValueError as exc:
+                raise ValueError(f"edits: {exc}") from None
+            result, marked = apply_edits(self.response, edits)
+            dropped = [f"edit {i + 1} ({e.reason})" for i, e in enumerate(marked) if not e.applied]
+            if dropped:
+                raise ValueError(f"edits: {', '.join(dropped)} cannot be applied to the response")
+            if result.split() != self.revision.split():
+                raise ValueError("edits: applied to the response they do not give the revision")
+        return self
+
+    def edit_list(self) -> list[Any]:
+        """The record's edits as refine.edits.Edit objects: the stored ones, or ones derived
+        from the response and the revision."""
+        from refine.edits import Edit, derive_edits
+
+        if self.edits is not None:
+            return [Edit.from_json(e.model_dump()) for e in self.edits]
+        return derive_edits(self.response, self.revision)
 
 
 class PromptRow(_Conversation):

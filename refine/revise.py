@@ -22,9 +22,8 @@ import click
 
 from refine.acceptance import AcceptanceConfig
 from refine.aio import as_finished
-from refine.backends import BackendPool, cnr_few_shot, cnr_model, generation_params
+from refine.backends import BackendPool, cnr_few_shot, cnr_format, cnr_model, generation_params
 from refine.cli_options import model_options, selection_judge_options, settings_from
-from refine.cnr_format import FORMAT_VERSION
 from refine.events import BaseDone, ErrorEvent, Event, RoundDone, TurnDone
 from refine.loop import LoopConfig, refine_turn
 from refine.outcomes import tally
@@ -95,7 +94,7 @@ def loop_config(settings: Settings) -> LoopConfig:
             unchanged_similarity=settings.accept_unchanged_similarity,
             forbid_new_repeats=embedded_cnr(settings) if settings.accept_forbid_new_repeats is None
             else settings.accept_forbid_new_repeats),
-        candidates=settings.candidates,
+        candidates=settings.candidates, cnr_format=cnr_format(settings),
     )
 
 
@@ -121,6 +120,8 @@ def output_row(row: PromptRow, rid: str, events: list[Event]) -> dict[str, Any] 
             "error": e.error, "finish_reason": e.finish_reason, "ttft": e.timing.ttft,
             "duration": round(e.timing.duration, 3), "tokens": e.timing.tokens,
         }
+        if e.edits:
+            r["edits"] = list(e.edits)
         if len(e.candidates) > 1 or any(c.verdicts for c in e.candidates):
             r["candidates"] = [_candidate_dict(c, i == e.chosen) for i, c in enumerate(e.candidates)]
         rounds.append(r)
@@ -128,7 +129,7 @@ def output_row(row: PromptRow, rid: str, events: list[Event]) -> dict[str, Any] 
     data.update(
         id=rid, response=base.text, base_model=base.model, base_finish_reason=base.finish_reason,
         cnr_model=next((e.model for e in events if isinstance(e, RoundDone)), None),
-        format=FORMAT_VERSION, rounds=rounds, final=end.final, stop_reason=end.stop_reason,
+        format=next((e.cnr_format for e in events if isinstance(e, RoundDone)), None), rounds=rounds, final=end.final, stop_reason=end.stop_reason,
     )
     return data
 

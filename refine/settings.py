@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     cnr_url: str | None = None
     cnr_api_key: SecretStr | None = None
     cnr_adapter: str | None = Field(None, description="PEFT adapter folder (local) or adapter id (tgi); empty = the shipped adapter; 'none' = no adapter")
+    cnr_format: Literal["auto", "rewrite", "edits"] = Field(
+        "auto", description="CnR format: rewrite = critique + whole revised answer; edits = critique + quoted-span "
+        "edits; auto = what the local adapter folder records (cnr_format.json), else rewrite")
     cnr_mode: Literal["auto", "trained", "few-shot"] = Field(
         "auto", description="'few-shot' drives an untuned instruct model with examples; 'auto' = few-shot "
         "only for the embedded model without an adapter")

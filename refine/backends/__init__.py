@@ -8,7 +8,9 @@ from typing import Literal
 
 from pydantic import SecretStr
 
+from refine.adapter_format import read_adapter_format
 from refine.backends.base import Backend, GenerationParams
+from refine.cnr_format import CnRFormat
 from refine.embedded import SHIPPED_ADAPTER
 from refine.settings import Settings
 
@@ -43,6 +45,7 @@ def check_cnr_adapter(settings: Settings) -> None:
         from refine.adapter_check import check_adapter
 
         check_adapter(adapter, cnr_model(settings))
+        read_adapter_format(adapter)  # an unknown format is refused here, in one sentence
 
 
 def cnr_few_shot(settings: Settings) -> bool:
@@ -50,6 +53,18 @@ def cnr_few_shot(settings: Settings) -> bool:
     if settings.cnr_mode != "auto":
         return settings.cnr_mode == "few-shot"
     return settings.cnr_backend == "local" and not cnr_model(settings) and cnr_adapter(settings) is None
+
+
+def cnr_format(settings: Settings) -> CnRFormat:
+    """The CnR format prompts ask for and the loop parses: the setting, else (auto) the format
+    the local adapter folder records, else `rewrite` (remote models, few-shot prompting).
+    Raises AdapterFormatError for an adapter trained on a format this code does not know."""
+    if settings.cnr_format != "auto":
+        return settings.cnr_format
+    adapter = cnr_adapter(settings)
+    if settings.cnr_backend == "local" and adapter:
+        return read_adapter_format(adapter)
+    return "rewrite"
 
 
 def generation_params(settings: Settings, role: Role) -> GenerationParams:

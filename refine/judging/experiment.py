@@ -29,10 +29,10 @@ import click
 from pydantic import SecretStr
 
 from refine import __version__
-from refine.backends import cnr_adapter, cnr_few_shot, cnr_model
+from refine.backends import cnr_adapter, cnr_few_shot, cnr_format, cnr_model
 from refine.cli_options import model_options, settings_from
 from refine.cli_paths import OUTPUT_FOLDER
-from refine.cnr_format import FORMAT_VERSION
+from refine.cnr_format import FORMAT_VERSIONS
 from refine.judging.cli import judge_options, judge_spec, report_run
 from refine.judging.judge import JudgeSpec, read_verdicts, run_judge
 from refine.judging.report import summary_table, write_report
@@ -62,7 +62,7 @@ def run_manifest(settings: Settings, spec: JudgeSpec, prompts_sha256: str, *, vs
     return {
         "settings": {k: v for k, v in public_settings(settings).items() if k in RESULT_SETTINGS},
         "cnr": {"model": cnr_model(settings) or "embedded", "adapter": cnr_adapter(settings),
-                "few_shot": cnr_few_shot(settings), "format": FORMAT_VERSION},
+                "few_shot": cnr_few_shot(settings), "format": FORMAT_VERSIONS[cnr_format(settings)]},
         "judge": {"backend": spec.backend, "model": spec.model or ("embedded" if spec.backend == "local" else None),
                   "url": spec.url,
                   "max_new_tokens": spec.max_new_tokens, "temperature": 0.0, "prompt_version": spec.prompt_version,

@@ -32,6 +32,14 @@ def _modules(ctx: click.Context, param: click.Parameter, value: str) -> list[str
     show_default=True,
     help='Model folder, GGUF file or hub id; "" = the embedded SmolLM2-135M-Instruct.',
 )
+@click.option(
+    "--format",
+    type=click.Choice(["rewrite", "edits"]),
+    default=TrainConfig.format,
+    show_default=True,
+    help="CnR format to train: rewrite = critique + the whole revised response (large models); edits = "
+    "critique + quoted-span edits (small models). Recorded in OUTPUT/cnr_format.json.",
+)
 @click.option("--full", is_flag=True, help="Full fine-tuning instead of LoRA.")
 @click.option("--lora-r", type=int, default=TrainConfig.lora_r, show_default=True)
 @click.option("--lora-alpha", type=int, default=TrainConfig.lora_alpha, show_default=True)

@@ -18,6 +18,7 @@ class TrainConfig:
     eval_data: str | None = None
     heldout_share: float = 0.1  # held out by id hash when no eval_data is given
     base_model: str = ""
+    format: str = "rewrite"  # the CnR format trained: "rewrite" (critique + whole revision) or "edits"
     # LoRA (default) or full fine-tuning
     full: bool = False
     lora_r: int = 16

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refine.cnr_format import cnr_messages, cnr_target
+from refine.cnr_format import CnRFormat, cnr_messages, cnr_target
 from refine.errors import RefineError
 from refine.records import FeedbackRecord, read_records
 
@@ -89,19 +89,22 @@ def split_records(
     return DataSplit(train=train, heldout=heldout)
 
 
-def to_example(record: FeedbackRecord) -> dict[str, Any]:
-    """A conversational prompt-completion example: prompt = the CnR request (rendered by the
-    chat template with the generation prompt, as at inference); completion = the CnR target."""
+def to_example(record: FeedbackRecord, fmt: CnRFormat = "rewrite") -> dict[str, Any]:
+    """A conversational prompt-completion example: prompt = the CnR request in format `fmt`
+    (rendered by the chat template with the generation prompt, as at inference); completion =
+    the CnR target (in `edits`, the record's edits, or edits derived from its revision)."""
+    edits = record.edit_list() if fmt == "edits" else None
     return {
-        "prompt": cnr_messages(record.chat(), record.response),
+        "prompt": cnr_messages(record.chat(), record.response, fmt=fmt),
         "completion": [
-            {"role": "assistant", "content": cnr_target(record.critique, record.revision, record.response)}
+            {"role": "assistant",
+             "content": cnr_target(record.critique, record.revision, record.response, fmt=fmt, edits=edits)}
         ],
     }
 
 
-def to_dataset(records: list[FeedbackRecord]) -> Any:
-    """A datasets.Dataset of prompt-completion examples."""
+def to_dataset(records: list[FeedbackRecord], fmt: CnRFormat = "rewrite") -> Any:
+    """A datasets.Dataset of prompt-completion examples in format `fmt`."""
     from datasets import Dataset
 
-    return Dataset.from_list([to_example(r) for r in records])
+    return Dataset.from_list([to_example(r, fmt) for r in records])

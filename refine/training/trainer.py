@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from refine.adapter_format import write_adapter_format
 from refine.records import write_jsonl
 from refine.training.config import TrainConfig
 from refine.training.data import DataSplit, load_records, record_id, split_records, to_dataset
@@ -159,6 +160,7 @@ def snapshot_callback(config: TrainConfig, folder: Path) -> Any:
             if records in config.snapshot_records and state.is_world_process_zero:
                 target = folder / f"n{records}"
                 model.save_pretrained(str(target))
+                write_adapter_format(target, config.format)
                 replace(config, output=str(target), limit=records, snapshot_records=[]).save(
                     target / "settings.json"
                 )
@@ -194,8 +196,8 @@ def build_trainer(config: TrainConfig, split: DataSplit, callbacks: list[Any] | 
     return SFTTrainer(
         model=model,
         args=args,
-        train_dataset=to_dataset(split.train),
-        eval_dataset=to_dataset(split.heldout) if split.heldout else None,
+        train_dataset=to_dataset(split.train, config.format),
+        eval_dataset=to_dataset(split.heldout, config.format) if split.heldout else None,
         processing_class=tokenizer,
         peft_config=None if config.full else lora_config(config),
         callbacks=[
@@ -239,6 +241,7 @@ def save_model(trainer: Any, config: TrainConfig, output: Path) -> None:
             model.peft_config["default"].base_model_name_or_path = EMBEDDED_HUB_ID
     trainer.save_model(str(output))
     trainer.processing_class.save_pretrained(str(output))
+    write_adapter_format(output, config.format)
 
 
 def train(
