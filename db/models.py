@@ -88,7 +88,10 @@ class Round(Base):
     status complete: `revision` is the answer from this round on; rejected: an acceptance rule
     (`rejection`, explained in `error`) kept the previous answer and `revision` is the rejected
     text; failed/cancelled: `revision` is partial. `candidates` lists every sampled candidate
-    when there were several or a selector ran (see refine.events.Candidate)."""
+    when there were several or a selector ran (see refine.events.Candidate). `cnr_format` is
+    the CnR format version the round was generated in (NULL on rounds stored before it was
+    recorded); `edits`, in the `edits` format, every edit of the round (refine.edits.Edit as
+    JSON, dropped ones too)."""
 
     __tablename__ = "rounds"
     __table_args__ = (
@@ -108,6 +111,8 @@ class Round(Base):
     rejection: Mapped[str | None] = mapped_column(String(32))  # the acceptance rule that failed
     finish_reason: Mapped[str | None] = mapped_column(String(16))
     candidates: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    cnr_format: Mapped[str | None] = mapped_column(String(32))  # cnr-v1 (rewrite), edits-v1, …
+    edits: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     stop_reason: Mapped[str | None] = mapped_column(String(32))
     nothing_to_fix: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)

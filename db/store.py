@@ -126,6 +126,20 @@ def record_turn(engine: Engine, *, answer: str, model: str, backend: str, prompt
         return turn.id
 
 
+def _edits(name: str, edits: Sequence[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """A round's edits (refine.edits.Edit as JSON) fit for storage, None when there are none;
+    else InvalidInput."""
+    if not edits:
+        return None
+    for i, edit in enumerate(edits):
+        if not isinstance(edit, dict):
+            raise InvalidInput(f"{name}[{i}] must be an object, got {type(edit).__name__}")
+        for key, value in edit.items():
+            if isinstance(value, str):
+                _text(f"{name}[{i}].{key}", value)
+    return [dict(edit) for edit in edits]
+
+
 def _candidates(done: RoundDone) -> list[dict[str, Any]] | None:
     """The candidates worth storing apart: all of them when there were several or a selector
     judged them (their verdicts), else None (the round's own columns say everything)."""
@@ -135,14 +149,16 @@ def _candidates(done: RoundDone) -> list[dict[str, Any]] | None:
         {"critique": _text("critique", c.critique), "revision": _text("revision", c.revision), "status": c.status,
          "nothing_to_fix": c.nothing_to_fix, "rejection": c.rejection, "detail": c.detail,
          "finish_reason": c.finish_reason, "verdicts": list(c.verdicts), "tokens": c.timing.tokens,
-         "duration": c.timing.duration, "chosen": i == done.chosen}
+         "duration": c.timing.duration, "chosen": i == done.chosen,
+         "edits": _edits(f"candidates[{i}].edits", c.edits) or []}
         for i, c in enumerate(done.candidates)
     ]
 
 
 def record_round(engine: Engine, turn_id: int, done: RoundDone, *, adapter: str | None = None) -> int:
-    """Store a round once it has ended (complete, rejected, failed or cancelled, with its text);
-    returns the round id. `adapter` names the CnR adapter when the model id does not."""
+    """Store a round once it has ended (complete, rejected, failed or cancelled, with its text,
+    its CnR format version and, in the `edits` format, its edits); returns the round id.
+    `adapter` names the CnR adapter when the model id does not."""
     if done.status not in ROUND_STATUSES:
         raise InvalidInput(f"round status must be one of {', '.join(ROUND_STATUSES)}, got {done.status!r}")
     if done.stop_reason is not None and done.stop_reason not in STOP_REASONS:
@@ -157,6 +173,7 @@ def record_round(engine: Engine, turn_id: int, done: RoundDone, *, adapter: str 
         error=_text("error", done.error, optional=True), ttft=done.timing.ttft,
         duration=done.timing.duration, tokens=done.timing.tokens, rejection=done.rejection,
         finish_reason=done.finish_reason, candidates=_candidates(done),
+        cnr_format=_text("cnr_format", done.cnr_format, 32, optional=True), edits=_edits("edits", done.edits),
     )
     with write_session(engine) as session:
         _turn(session, turn_id)

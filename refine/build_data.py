@@ -903,7 +903,10 @@ def card_readme(card: dict[str, Any]) -> str:
          f"similarity at least {o['coachlm_min_prompt_similarity']}). The critique is **derived** from the "
          "edits: one sentence per edit, quoting its span."),
         (f"**shepherd**: {SOURCES['shepherd'].used_as}. The critique is **human**; the edits are **derived** "
-         f"(often one replacement of the whole short answer). Only answers of at most "
+         f"from the difference when it is local (the CoachLM limits: at most {o['coachlm_max_edits']} edits covering "
+         f"at most {o['coachlm_max_cover']:.0%} of the answer), else one edit replacing the whole answer — a "
+         "diff between an answer and an unrelated reference answer is a list of meaningless splices. Only "
+         "answers of at most "
          f"{o['shepherd_max_response']} characters."),
         ("**alpaca_eval-gpt4**: 'Nothing to fix.' records: response = revision = GPT-4's answer, no edits. "
          "The critique is **derived**: GPT-4's answers are taken as good; no person checked them. They make "

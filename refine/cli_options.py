@@ -21,6 +21,7 @@ MODEL_OPTIONS = [
     click.option("--cnr-model", help="CnR model [default: same as the base model]."),
     click.option("--cnr-url", help="Server URL of the CnR model (tgi/openai)."),
     click.option("--cnr-adapter", help="PEFT adapter folder (local) or adapter id (tgi); 'none' for no adapter [default: the shipped adapter]."),
+    click.option("--cnr-format", type=click.Choice(["auto", "rewrite", "edits"]), help="CnR format: rewrite (critique + whole revision), edits (critique + quoted-span edits); auto = what the adapter records [default auto]."),
     click.option("--cnr-mode", type=click.Choice(["auto", "trained", "few-shot"]), help="Prompt the CnR model as trained, or few-shot for an untuned model."),
     click.option("--tokenizer", help="Tokenizer folder for the tgi backend's chat template."),
     click.option("--temperature", type=float, help="Sampling temperature; 0 = greedy [default 0]."),

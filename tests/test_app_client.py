@@ -213,3 +213,45 @@ def test_secrets_never_reach_the_page(app: RunningApp) -> None:
 
     page = httpx.get(app.url).text + httpx.get(app.url.rstrip("/") + "/config").text
     assert ADMIN not in page
+
+
+@pytest.fixture(scope="module")
+def edits_app(server: ScriptedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    """The app with REFINE_CNR_FORMAT=edits: the stand-in answers with a critique and edits."""
+    db_file = tmp_path_factory.mktemp("edits-app") / "refine.db"
+    with running_app(standin_settings(server.url, db_file, cnr_format="edits")) as running:
+        yield running
+
+
+def test_an_edits_turn_lists_its_edits_and_shows_each_revision_as_changes(edits_app: RunningApp) -> None:
+    c = client(edits_app)
+    updates = run_turn(c, "Where is Paris?")
+    final = updates[-1]
+    answer = "You asked: Where is Paris?\n\n(revised)\n\n(revised)"
+    assert message_text(final[OUT_CHAT][-1]) == answer
+    texts = [message_text(m) for m in final[OUT_PANEL]]
+    edits = [t for t in texts if t.startswith("**Edits · round")]
+    quote = '«<span class="refine-quote">{}</span>»'.format
+    assert edits[0].startswith("**Edits · round 1** (2 applied)")
+    assert f"<li>replace {quote('You said:')} → {quote('You asked:')}</li>" in edits[0]
+    assert f"<li>append {quote('(revised)')}</li>" in edits[0]
+    assert edits[1].startswith("**Edits · round 2** (1 applied, 1 dropped)")  # "You said:" is gone by then
+    assert (f'<li class="refine-edit-dropped"><s>replace {quote("You said:")} → {quote("You asked:")}</s> — '
+            "<em>dropped: not found</em></li>") in edits[1]
+    first, second = (next(t for t in texts if t.startswith(f"**Revision {k}**")) for k in (1, 2))
+    assert first == ("**Revision 1** · changes to the original answer\n\n<div class=\"refine-diff\">"
+                     "You <del>said</del><ins>asked</ins>: Where is Paris?<ins><br><br>(revised)</ins></div>")
+    assert second.startswith("**Revision 2** · changes to revision 1\n\n") and "<del>" not in second
+    # the edits list was on screen while round 1 ran, before round 2 began
+    assert any("**Edits · round 1**" in panel_text(u[OUT_PANEL]) and "Revision 2" not in panel_text(u[OUT_PANEL])
+               for u in updates if isinstance(u[OUT_PANEL], list))
+    (turn_id,) = edits_app.rows("SELECT id FROM turns WHERE prompt = 'Where is Paris?'")[0]
+    rows = edits_app.rows("SELECT cnr_format, edits FROM rounds WHERE turn_id = ? ORDER BY round_index", turn_id)
+    assert [fmt for fmt, _ in rows] == ["edits-v1", "edits-v1"]
+    assert [[e.get("reason") for e in json.loads(stored)] for _, stored in rows] == [[None, None], ["not found", None]]
+
+    clean = c.predict("Where is Rome?", api_name="/respond", show_changes=False)  # Show changes off
+    texts = [message_text(m) for m in clean[OUT_PANEL]]
+    assert "**Revision 1**\n\nYou asked: Where is Rome?\n\n(revised)" in texts
+    assert not any("<ins>" in t or "<del>" in t for t in texts)
+    assert any(t.startswith("**Edits · round 1**") for t in texts)  # the edits stay listed

@@ -4,7 +4,10 @@ sessions each get their own answers) and the app launched on a free port.
 
 The script: the base model answers "You said: <prompt>" token by token; the CnR model answers
 "Critique: Round k critique. Revision: <the response> (revised)" — so every round changes the
-answer and round k's revision carries k "(revised)" marks. Words in the prompt steer it:
+answer and round k's revision carries k "(revised)" marks. In the `edits` format (a request
+asking for edits) it answers "Critique: Round k critique.", then "Replace: You said:" "With: You
+asked:" (applied in round 1, dropped as not found after) and "Append: (revised)". Words in the
+prompt steer it:
   [cut]        the base answer's stream breaks off after a few tokens
   [cut-round]  round 1's stream breaks off after a few tokens
   [slow]       0.2 s between tokens (time to press Stop)
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refine.cnr_format import INSTRUCTION
+from refine.cnr_format import EDITS_INSTRUCTION, INSTRUCTION
 from tests.standin_servers import (
     Cut, Pause, Recorded, Reply, StandinServer, json_reply, openai_chunks, sse_event, sse_reply,
 )
@@ -47,7 +50,15 @@ def response_to_improve(body: dict[str, Any]) -> str | None:
     last = body["messages"][-1]["content"]
     if RESPONSE_MARK not in last:
         return None
-    return last.split(RESPONSE_MARK, 1)[1].rsplit("\n\n" + INSTRUCTION, 1)[0]
+    response = last.split(RESPONSE_MARK, 1)[1]
+    for instruction in (INSTRUCTION, EDITS_INSTRUCTION):
+        response = response.removesuffix("\n\n" + instruction)
+    return response
+
+
+def asks_for_edits(body: dict[str, Any]) -> bool:
+    """Whether a CnR request asks for the `edits` format."""
+    return body["messages"][-1]["content"].endswith(EDITS_INSTRUCTION)
 
 
 def prompt_of(body: dict[str, Any]) -> str:
@@ -74,6 +85,9 @@ class Script:
         k = response.count("(revised)") + 1
         if "[fix]" in prompt:
             return "cnr", words("Critique: Nothing to fix.")
+        if asks_for_edits(body):
+            return "cnr", words(f"Critique: Round {k} critique of the answer.\nReplace: You said:\nWith: You asked:"
+                                "\nAppend: (revised)")
         return "cnr", words(f"Critique: Round {k} critique of the answer.\nRevision: {response} (revised)")
 
     def reply(self, request: Recorded) -> Reply:

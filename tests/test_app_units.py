@@ -148,7 +148,8 @@ def test_view_streams_critique_then_revision_and_renders_pending_then_done() -> 
     assert critique["content"] == "Too short" and len(panel_messages(view)) == 2
     view.apply(RevisionDelta(1, "Hello there"))
     assert panel_messages(view)[1]["metadata"]["status"] == "done"
-    assert panel_messages(view)[2]["content"] == "**Revision 1**\n\nHello there"
+    assert panel_messages(view, show_changes=False)[2]["content"] == "**Revision 1**\n\nHello there"
+    assert panel_messages(view)[2]["content"].startswith("**Revision 1** · changes to the original answer\n\n<div")
 
 
 def test_failed_rounds_and_early_stops_say_why() -> None:

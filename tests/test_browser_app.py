@@ -140,3 +140,54 @@ def test_stop_ends_the_turn_and_the_buttons_come_back(page: Any, app: RunningApp
     assert page.is_enabled("#regenerate") and page.input_value("#prompt textarea") == ""
     assert app.rows("SELECT r.status FROM rounds r JOIN turns t ON t.id = r.turn_id "
                     "WHERE t.prompt = 'Take your time [slow]'") == [("cancelled",)]
+
+
+@pytest.fixture(scope="module")
+def edits_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    """The app with REFINE_CNR_FORMAT=edits (the stand-in answers with a critique and edits)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with ScriptedServer(Script(delay=0.01)) as server:
+        db_file = tmp_path_factory.mktemp("browser-edits") / "refine.db"
+        with running_app(standin_settings(server.url, db_file, cnr_format="edits")) as running:
+            yield running
+
+
+# What the panel shows of the revisions and edits: marked words, list items, dropped items.
+PANEL_CHANGES = """() => {
+  const panel = document.querySelector('#panel');
+  const texts = (sel) => [...panel.querySelectorAll(sel)].map(e => e.textContent);
+  const ins = panel.querySelector('.refine-diff ins');
+  return {ins: texts('.refine-diff ins'), del: texts('.refine-diff del'), edits: texts('.refine-edits li'),
+          dropped: texts('.refine-edits .refine-edit-dropped s'),
+          insBackground: ins ? getComputedStyle(ins).backgroundColor : null,
+          scripts: panel.querySelectorAll('script, img').length};
+}"""
+
+
+def test_an_edits_turn_shows_its_edits_and_changes_and_the_toggle_gives_clean_text(
+        browser: Any, edits_app: RunningApp) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    page = context.new_page()
+    page.goto(edits_app.url)
+    page.wait_for_selector("#prompt textarea")
+    send(page, "Where is Paris? <img src=x onerror=\"window.__pwned=1\"> <script>window.__pwned=2</script>")
+    wait_turn_end(page)
+    shown = page.evaluate(PANEL_CHANGES)
+    assert shown["del"] == ["said"] and shown["ins"] == ["asked", "(revised)", "(revised)"], shown
+    assert shown["insBackground"] not in (None, "rgba(0, 0, 0, 0)")  # the app's CSS marks them
+    assert shown["edits"][0] == "replace «You said:» → «You asked:»" and len(shown["edits"]) == 4
+    assert shown["dropped"] == ["replace «You said:» → «You asked:»"]
+    assert "dropped: not found" in page.inner_text("#panel .refine-edit-dropped")
+    assert shown["scripts"] == 0 and '<img src=x onerror="window.__pwned=1">' in page.inner_text("#panel .refine-diff")
+
+    page.locator("#show-changes input").click()  # off: each revision as its clean text
+    page.wait_for_function("() => !document.querySelector('#panel .refine-diff')")
+    clean = page.evaluate(PANEL_CHANGES)
+    assert clean["ins"] == clean["del"] == [] and len(clean["edits"]) == 4  # the edits stay listed
+    assert "Revision 2\n\nYou asked: Where is Paris?" in page.inner_text("#panel")
+    page.locator("#show-changes input").click()  # on again
+    page.wait_for_selector("#panel .refine-diff ins")
+    assert page.evaluate(PANEL_CHANGES)["ins"] == shown["ins"]
+    assert page.evaluate("window.__pwned") is None
+    context.close()

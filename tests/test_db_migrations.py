@@ -3,6 +3,7 @@ migrations, and `python -m refine db …` works from any folder."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from db.engine import make_engine
 from db.migrate import current, downgrade, head, upgrade
 from db.models import Base
 from db.stats import vote_win_rates
-from db.store import record_feedback, record_vote
+from db.store import record_feedback, record_round, record_turn, record_vote
 from refine.cli import main as cli
+from refine.events import RoundDone
 
 OLD_ROWS = """
 INSERT INTO conversations (id, created_at) VALUES (1, '2026-01-01 10:00:00');
@@ -39,7 +41,8 @@ VALUES (1, 1, 1, 0, 'left', 'k1', 'h1', '2026-01-01 11:00:00'),
        (5, 2, 0, 1, 'both_bad', 'k5', NULL, '2026-01-01 11:00:04');
 """
 TABLES = ("conversations", "turns", "rounds", "votes")
-ADDED_LATER = {"finish_reason", "thinking", "rejection", "candidates"}  # by 0005a, NULL on old rows
+ADDED_LATER = {"finish_reason", "thinking", "rejection", "candidates",  # by 0005a, NULL on old rows
+               "cnr_format", "edits"}  # by 0006
 
 
 def dump(engine: Engine) -> dict[str, list[dict]]:
@@ -64,7 +67,7 @@ def test_first_revision_upgrades_to_head_with_rows_intact(engine: Engine) -> Non
     before = dump(engine)
 
     upgrade(engine)
-    assert current(engine) == head() == "0005a"
+    assert current(engine) == head() == "0006"
     after = dump(engine)
     for table in TABLES:
         assert [{k: v for k, v in row.items() if not k.startswith("high_") and k not in ADDED_LATER}
@@ -108,6 +111,42 @@ def test_0005a_allows_rejected_rounds_with_their_rule(engine: Engine) -> None:
         assert c.execute(text("SELECT count(*) FROM rounds WHERE round_index = 2 AND turn_id = 2")).scalar_one() == 0
 
 
+def test_0006_adds_round_format_and_edits_and_downgrades_without_them(engine: Engine) -> None:
+    upgrade(engine, "0001")
+    with engine.begin() as c:
+        for statement in OLD_ROWS.split(";"):
+            if statement.strip():
+                c.execute(text(statement))
+    upgrade(engine, "0005a")
+    before = dump(engine)
+    upgrade(engine, "0006")
+    assert current(engine) == "0006"
+    with engine.connect() as c:  # rounds stored before 0006 have neither
+        assert c.execute(text("SELECT DISTINCT cnr_format, edits FROM rounds")).all() == [(None, None)]
+    turn = record_turn(engine, prompt="Capital?", answer="Lyon", model="m", backend="local")
+    edits = ({"kind": "replace", "span": "Lyon", "text": "Paris", "applied": True},
+             {"kind": "append", "span": "", "text": "", "applied": False, "reason": "incomplete"})
+    record_round(engine, turn, RoundDone(round=1, model="cnr", critique="Wrong.", revision="Paris",
+                                         status="complete", cnr_format="edits-v1", edits=edits))
+    with engine.connect() as c:
+        stored = c.execute(text("SELECT cnr_format, edits FROM rounds WHERE turn_id = :t"), {"t": turn}).one()
+    assert stored[0] == "edits-v1" and json.loads(stored[1]) == list(edits)
+
+    downgrade(engine, "0005a")  # the columns go, every row stays
+    assert current(engine) == "0005a"
+    with engine.connect() as c:
+        columns = {row[1] for row in c.execute(text("PRAGMA table_info(rounds)"))}
+        assert not {"cnr_format", "edits"} & columns
+        assert c.execute(text("SELECT revision FROM rounds WHERE turn_id = :t"), {"t": turn}).scalar_one() == "Paris"
+    after = dump(engine)
+    assert {t: rows[:len(before[t])] for t, rows in after.items()} == before
+    upgrade(engine)
+    assert current(engine) == "0006"
+    with engine.connect() as c:
+        assert c.execute(text("SELECT cnr_format, edits FROM rounds WHERE turn_id = :t"), {"t": turn}).one() == (
+            None, None)
+
+
 def test_downgrade_and_upgrade_again_keep_votes(engine: Engine) -> None:
     upgrade(engine, "0001")
     with engine.begin() as c:
@@ -137,14 +176,14 @@ def test_db_commands_upgrade_and_report_from_any_folder(tmp_path: Path, monkeypa
     runner = CliRunner()
     result = runner.invoke(cli, ["db", "current", "--db", url])
     assert result.exit_code == 0, result.output
-    assert "empty (head: 0005a, needs `python -m refine db upgrade`)" in result.output
+    assert "empty (head: 0006, needs `python -m refine db upgrade`)" in result.output
     result = runner.invoke(cli, ["db", "upgrade", "--db", url, "--revision", "0002"])
     assert result.exit_code == 0 and "empty -> 0002" in result.output, result.output
     monkeypatch.setenv("REFINE_DATABASE_URL", url)  # the settings' URL is the default
     result = runner.invoke(cli, ["db", "upgrade"])
-    assert result.exit_code == 0 and "0002 -> 0005a" in result.output, result.output
+    assert result.exit_code == 0 and "0002 -> 0006" in result.output, result.output
     result = runner.invoke(cli, ["db", "current"])
-    assert "0005a (head: 0005a, up to date)" in result.output
+    assert "0006 (head: 0006, up to date)" in result.output
 
 
 def test_processes_starting_together_upgrade_one_after_another(tmp_path: Path) -> None:

@@ -244,3 +244,30 @@ def test_recorder_stores_a_turn_from_its_events(engine: Engine) -> None:
         fresh.feed(done(1))
     with pytest.raises(InvalidInput):
         EventRecorder(engine, backend="local", prompt="")
+
+
+def test_a_round_stores_its_format_and_edits_and_its_candidates_edits(engine: Engine) -> None:
+    from db.export import table_rows
+    from refine.events import Candidate
+
+    applied = {"kind": "replace", "span": "Lyon", "text": "Paris", "applied": True}
+    dropped = {"kind": "insert_after", "span": "Berlin", "text": "too", "applied": False, "reason": "not found"}
+    turn_id = record_turn(engine, prompt="Capital of France?", answer="Lyon", model="base", backend="local")
+    chosen = Candidate(critique="Wrong city.", revision="Paris", status="complete", edits=(applied, dropped))
+    other = Candidate(critique="Say more.", revision="Lyon, France", status="rejected", rejection="unchanged",
+                      edits=({"kind": "append", "span": "", "text": "France", "applied": True},))
+    record_round(engine, turn_id, done(1, "Paris", cnr_format="edits-v1", edits=(applied, dropped),
+                                       candidates=(chosen, other)))
+    record_round(engine, turn_id, done(2, "Paris."))  # the rewrite format: no edits
+    with engine.connect() as c:
+        rows = c.execute(select(Round.cnr_format, Round.edits, Round.candidates).order_by(Round.round_index)).all()
+    assert rows[0].cnr_format == "edits-v1" and rows[0].edits == [applied, dropped]
+    assert [c["edits"] for c in rows[0].candidates] == [[applied, dropped], list(other.edits)]
+    assert (rows[1].cnr_format, rows[1].edits, rows[1].candidates) == ("cnr-v1", None, None)
+    exported = list(table_rows(engine, "rounds"))  # the table export has both columns
+    assert [(r["cnr_format"], r["edits"]) for r in exported] == [("edits-v1", [applied, dropped]), ("cnr-v1", None)]
+    for event, message in [(done(3, cnr_format="x" * 33), "cnr_format is too long"),
+                           (done(3, edits=("replace",)), r"edits\[0\] must be an object"),
+                           (done(3, edits=({"kind": "replace", "span": "a\x00", "text": "b"},)), "NUL")]:
+        with pytest.raises(InvalidInput, match=message):
+            record_round(engine, turn_id, event)

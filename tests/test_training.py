@@ -263,3 +263,32 @@ def test_sweep_and_evaluate_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     [row] = json.loads((tmp_path / "eval.json").read_text())
     assert {"loss", "perplexity", "parse_rate", "nothing_to_fix_share", "mean_critique_chars"} <= set(row)
+
+
+def test_an_edits_run_trains_on_edit_targets_records_its_format_and_is_evaluated_in_it(
+        data_file: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from refine.adapter_format import read_adapter_format
+    from refine.cnr_format import cnr_target
+    from refine.edits import derive_edits
+    from refine.training.evaluate import evaluate_model
+    from refine.training.trainer import build_trainer, train
+
+    records = _records(2)
+    config = _config(data_file, tiny_model_dir, tmp_path / "run", format="edits", epochs=1, batch_size=1,
+                     grad_accum=2, snapshot_records=[4], save_steps=None)
+    trainer = build_trainer(config, __import__("refine.training.data", fromlist=["x"]).split_records(
+        records, heldout_share=0.0))
+    targets = []
+    for example in trainer.train_dataset:
+        start = next(i for i, label in enumerate(example["labels"]) if label != -100)
+        targets.append(trainer.processing_class.decode(example["input_ids"][start:]))
+    expected = {cnr_target(r.critique, r.revision, r.response, fmt="edits",
+                           edits=derive_edits(r.response, r.revision)) for r in records}
+    assert all(any(t.startswith(e) for e in expected) for t in targets)
+    assert any(t.startswith("Critique: The sum is wrong: 0 + 0 is 0.\nReplace: 0 = 1.\nWith: 0 = 0.") for t in targets)
+
+    train(config)
+    assert read_adapter_format(tmp_path / "run") == "edits"
+    assert read_adapter_format(tmp_path / "run" / "snapshots" / "n4") == "edits"
+    result = evaluate_model(str(tmp_path / "run"), records, limit=1, max_new_tokens=4)
+    assert result["format"] == "edits" and "edits_applied" in result and result["loss"] > 0

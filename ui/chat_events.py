@@ -15,6 +15,7 @@ from db.errors import InvalidInput
 from db.recorder import EventRecorder
 from db.store import MAX_TEXT_CHARS, create_conversation
 from refine.backends.base import Message
+from refine.cnr_format import FORMAT_VERSIONS
 from refine.loop import refine_turn
 from ui.context import AppContext, Controls
 from ui.feedback import feedback_area
@@ -78,16 +79,16 @@ class ChatEvents:
                 ui.prompt: box}
 
     async def respond(self, prompt: str, rounds: int, stop_early: bool, temperature: float, max_new_tokens: int,
-                      cnr_max_new_tokens: int, select: str, session: ChatSession, pending: str | None,
-                      request: gr.Request) -> AsyncIterator[Update]:
+                      cnr_max_new_tokens: int, select: str, show_changes: bool, session: ChatSession,
+                      pending: str | None, request: gr.Request) -> AsyncIterator[Update]:
         """Answer a prompt, then critique and revise the answer round after round (streamed)."""
         controls = Controls(rounds, stop_early, temperature, max_new_tokens, cnr_max_new_tokens, select)
         text = prompt or pending or ""  # the box itself (API callers) or what `busy` took from it
-        async for update in self._turn(text, controls, session, request):
+        async for update in self._turn(text, controls, session, request, show_changes=bool(show_changes)):
             yield self._exact(update)
 
     async def regenerate(self, rounds: int, stop_early: bool, temperature: float, max_new_tokens: int,
-                         cnr_max_new_tokens: int, select: str, session: ChatSession,
+                         cnr_max_new_tokens: int, select: str, show_changes: bool, session: ChatSession,
                          request: gr.Request) -> AsyncIterator[Update]:
         """Answer the last prompt again, as a new turn of the same conversation."""
         earlier, prompt = session.without_last()
@@ -95,8 +96,22 @@ class ChatEvents:
             yield self._exact({self.ui.panel: [notice("Nothing to regenerate yet.")]})
             return
         controls = Controls(rounds, stop_early, temperature, max_new_tokens, cnr_max_new_tokens, select)
-        async for update in self._turn(prompt, controls, earlier, request, regenerated=True):
+        async for update in self._turn(prompt, controls, earlier, request, regenerated=True,
+                                       show_changes=bool(show_changes)):
             yield self._exact(update)
+
+    def show_changes(self, show_changes: bool, session: ChatSession, request: gr.Request) -> Update:
+        """Show the panel's revisions as their changes, or clean: a running turn's from its next
+        update on, else the last turn's at once."""
+        run = self.ctx.turns.run(request.session_hash or "")
+        if run is not None:
+            run.show(bool(show_changes))
+            if not run.done:
+                return gr.skip()  # its stream renders the panel: one writer
+        view = run.view if run is not None else session.last_view
+        if view is None:
+            return gr.skip()  # nothing in the panel comes from a turn (empty, or a notice)
+        return self._exact({self.ui.panel: panel_messages(view, show_changes=bool(show_changes))})
 
     def _exact(self, update: Update) -> Update:
         """The update with the chat's and the panel's messages shown exactly as stored."""
@@ -135,7 +150,7 @@ class ChatEvents:
         return recorder
 
     async def _turn(self, prompt: str, controls: Controls, session: ChatSession, request: gr.Request,
-                    regenerated: bool = False) -> AsyncIterator[Update]:
+                    regenerated: bool = False, show_changes: bool = True) -> AsyncIterator[Update]:
         ui, turns, limits = self.ui, self.ctx.turns, self.ctx.limits
         sid, visitor = request.session_hash or "", limits.visitor(request)
         refused = {ui.pending: None if regenerated else prompt}  # `after_turn` puts it back in the box
@@ -169,21 +184,26 @@ class ChatEvents:
                 log.exception("preparing a turn failed")
                 yield {ui.panel: [notice("⚠️ The database is unavailable; nothing was sent.")], **refused}
                 return
-            events = refine_turn(conversation, cnr=self.ctx.cnr, base=self.ctx.base,
-                                 config=self.ctx.loop_config(controls), selector=self.ctx.selector_for(controls))
-            run = TurnRun(events, recorder)
+            config = self.ctx.loop_config(controls)
+            events = refine_turn(conversation, cnr=self.ctx.cnr, base=self.ctx.base, config=config,
+                                 selector=self.ctx.selector_for(controls))
+            run = TurnRun(events, recorder, cnr_format=FORMAT_VERSIONS[config.cnr_format])
+            run.show_changes = show_changes
             turns.begin(sid, run)
-            yield {ui.chatbot: chat_messages(session, prompt, run.view), ui.panel: panel_messages(run.view),
+            yield {ui.chatbot: chat_messages(session, prompt, run.view),
+                   ui.panel: panel_messages(run.view, show_changes=run.show_changes),
                    ui.vote_state: VoteState(), ui.pending: None}
             async for view in run.snapshots(turns.interval):
                 if view.finished:
                     break
-                yield {ui.chatbot: self._chat(session, prompt, view), ui.panel: panel_messages(view)}
+                yield {ui.chatbot: self._chat(session, prompt, view),
+                       ui.panel: panel_messages(view, show_changes=run.show_changes)}
             failed = run.view.error
             after = session.after(prompt, run.view, recorder.conversation_id,
                                   failure=error_text(failed.kind, failed.message) if failed else None)
-            yield {ui.chatbot: chat_messages(after), ui.panel: panel_messages(run.view), ui.chat_state: after,
-                   ui.vote_state: start(for_turn(run.view.turn_id, run.view))}
+            yield {ui.chatbot: chat_messages(after),
+                   ui.panel: panel_messages(run.view, show_changes=run.show_changes),
+                   ui.chat_state: after, ui.vote_state: start(for_turn(run.view.turn_id, run.view))}
         finally:
             if run is not None:
                 if not run.done:  # the handler was cancelled: stop the turn and record it
@@ -202,13 +222,15 @@ class ChatEvents:
         after_outputs = [*buttons, *ui.vote_area, *ui.feedback_area, ui.prompt, ui.pending]
         ui_only = dict(queue=False, api_visibility="private")
         gr.on([ui.send.click, ui.prompt.submit], self.busy, [ui.prompt], [*busy_outputs, ui.pending], **ui_only).then(
-            self.respond, [ui.prompt, *ui.controls, ui.chat_state, ui.pending], outputs, api_name="respond",
-            **generate).then(
+            self.respond, [ui.prompt, *ui.controls, ui.show_changes, ui.chat_state, ui.pending], outputs,
+            api_name="respond", **generate).then(
             self.after_turn, [ui.vote_state, ui.pending], after_outputs, **ui_only)
         ui.regenerate.click(self.busy_again, None, busy_outputs, **ui_only).then(
-            self.regenerate, [*ui.controls, ui.chat_state], outputs, api_name="regenerate", **generate).then(
+            self.regenerate, [*ui.controls, ui.show_changes, ui.chat_state], outputs, api_name="regenerate",
+            **generate).then(
             self.after_turn, [ui.vote_state, ui.pending], after_outputs, **ui_only)
         ui.stop.click(self.stop, None, None, queue=False, api_name="stop")
+        ui.show_changes.input(self.show_changes, [ui.show_changes, ui.chat_state], [ui.panel], **ui_only)
         ui.new_chat.click(self.new_chat, None, [ui.chatbot, ui.panel, ui.prompt, ui.pending, ui.chat_state,
                                                 ui.vote_state, ui.vote_box, ui.feedback_box],
                           queue=False, api_name="new_chat")

@@ -20,6 +20,13 @@ CSS = """
 #vote-left, #vote-right { min-height: 6em; }
 #vote-left button[aria-label="Clear"], #vote-right button[aria-label="Clear"] { display: none; }
 .refine-banner { border: 1px solid var(--color-accent); border-radius: 8px; padding: 0 1em; }
+/* The panel's revisions as changes (ui/diff.py): inserted and deleted words, and each round's edits. */
+#panel .refine-diff { white-space: pre-wrap; }
+#panel .refine-diff ins { text-decoration: none; background: rgba(46, 160, 67, 0.22); border-radius: 2px; }
+#panel .refine-diff del { background: rgba(248, 81, 73, 0.18); color: var(--body-text-color-subdued);
+                          border-radius: 2px; }
+#panel .refine-edits .refine-quote { white-space: pre-wrap; font-family: var(--font-mono); }
+#panel .refine-edits .refine-edit-dropped { color: var(--body-text-color-subdued); }
 """
 
 
@@ -34,6 +41,7 @@ class Layout:
     regenerate: gr.Button
     new_chat: gr.Button
     panel: gr.Chatbot
+    show_changes: gr.Checkbox  # revisions in the panel as their changes, or as clean text
     rounds: gr.Slider
     stop_early: gr.Checkbox
     temperature: gr.Slider
@@ -209,6 +217,10 @@ def build_layout(ctx: AppContext) -> Layout:
                         label="Refinement", height=460, layout="panel", elem_id="panel", buttons=["copy_all"],
                         allow_tags=shown_as_text(ctx.settings),
                         placeholder="Each round's critique and revision streams in here.")
+                    parts["show_changes"] = gr.Checkbox(
+                        value=True, label="Show changes", elem_id="show-changes",
+                        info="Each revision as the words it inserted and deleted in the version it revised; "
+                             "off: the revision's clean text.")
             parts |= _controls(ctx)
             parts |= _voting(ctx)
             parts |= _feedback()

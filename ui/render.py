@@ -11,7 +11,9 @@ import math
 from typing import Any
 
 from refine.acceptance import RULE_TEXT
+from refine.cnr_format import FORMAT_VERSIONS
 from refine.winrate import WinRate
+from ui.diff import diff_html, edits_html, edits_summary
 from ui.safety import public_message
 from ui.session import ChatSession, Pair, VoteState
 from ui.view import RoundView, TurnView
@@ -77,7 +79,21 @@ def _candidate_messages(r: RoundView) -> list[ChatMessage]:
              "metadata": {"title": f"{len(r.candidates)} candidates · round {r.index}", "status": "done"}}]
 
 
-def _round_messages(r: RoundView) -> list[ChatMessage]:
+def _revision(r: RoundView, previous: str, show_changes: bool) -> str:
+    """A revision's text: its changes against `previous` (the version it revised), or clean."""
+    if not r.revision:
+        return THINKING
+    if not show_changes:
+        return r.revision
+    # a rewrite still being written: the old text after its end is not deleted (yet)
+    open_end = r.phase == "revision" and r.cnr_format != FORMAT_VERSIONS["edits"]
+    return diff_html(previous, r.revision, open_end=open_end)
+
+
+def _round_messages(r: RoundView, previous: str, previous_name: str, show_changes: bool) -> list[ChatMessage]:
+    """A round: its critique (collapsible), its edits (the `edits` format), its revision (shown
+    as its changes against `previous`, named `previous_name`, when `show_changes`), or why it
+    was not used."""
     title = f"Critique · round {r.index}" + (f" · {r.phase}" if r.phase in ("failed", "rejected") else "")
     if r.candidate and r.running:
         title += f" · candidate {r.candidate + 1}"
@@ -85,6 +101,10 @@ def _round_messages(r: RoundView) -> list[ChatMessage]:
     if r.duration is not None:
         meta["duration"] = round(r.duration, 1)
     out: list[ChatMessage] = [{"role": "assistant", "content": r.critique or THINKING, "metadata": meta}]
+    if r.edits and r.phase != "rejected":
+        heading = f"**Edits · round {r.index}** ({edits_summary(r.edits)})"
+        out.append({"role": "assistant", "content": f"{heading}\n\n{edits_html(r.edits)}"})
+    changes = f" · changes to {previous_name}" if show_changes and r.revision else ""
     if r.phase == "complete" and r.nothing_to_fix:
         out.append({"role": "assistant", "content": f"**Revision {r.index}:** nothing to fix, the answer stays."})
     elif r.phase == "rejected":
@@ -96,9 +116,11 @@ def _round_messages(r: RoundView) -> list[ChatMessage]:
                         "metadata": {"title": f"Rejected revision {r.index}", "status": "done"}})
     elif r.phase == "judging":
         out.append({"role": "assistant", "content": f"**Revision {r.index}** (the judge is comparing it with the "
-                                                    f"current answer)\n\n{r.revision or THINKING}"})
+                                                    f"current answer){changes}\n\n"
+                                                    f"{_revision(r, previous, show_changes)}"})
     elif r.phase in ("revision", "complete"):
-        out.append({"role": "assistant", "content": f"**Revision {r.index}**\n\n{r.revision or THINKING}"})
+        out.append({"role": "assistant",
+                    "content": f"**Revision {r.index}**{changes}\n\n{_revision(r, previous, show_changes)}"})
     elif r.phase == "failed":
         out.append({"role": "assistant",
                     "content": f"⚠️ **Round {r.index} failed:** {r.error or 'unknown error'}. "
@@ -108,9 +130,11 @@ def _round_messages(r: RoundView) -> list[ChatMessage]:
     return out + _candidate_messages(r)
 
 
-def panel_messages(view: TurnView | None) -> list[ChatMessage]:
+def panel_messages(view: TurnView | None, *, show_changes: bool = True) -> list[ChatMessage]:
     """The refinement panel: the original answer (collapsed), each round's critique (a
-    collapsible thought, pending while it streams) and revision, then how refinement ended."""
+    collapsible thought, pending while it streams), its edits, and its revision (with
+    `show_changes`, as the words it inserted and deleted in the version it revised), then how
+    refinement ended."""
     if view is None:
         return []
     if view.error is not None:
@@ -127,8 +151,11 @@ def panel_messages(view: TurnView | None) -> list[ChatMessage]:
         "metadata": {"title": f"Original answer · {view.base_model}{ending.get(view.base_finish or '', '')}",
                      "status": "done"},
     })
+    previous, previous_name = view.base_text, "the original answer"  # what the next round revises
     for r in view.rounds:
-        out += _round_messages(r)
+        out += _round_messages(r, previous, previous_name, show_changes)
+        if r.phase == "complete" and not r.nothing_to_fix:
+            previous, previous_name = r.revision, f"revision {r.index}"
     if view.stop_reason in STOP_NOTES:
         out.append({"role": "assistant", "content": STOP_NOTES[view.stop_reason].format(k=len(view.rounds))})
     if view.save_error:

@@ -25,10 +25,14 @@ the list, and the policy blocks any remote fetch it could still make).
 
 Plain `gr.Markdown` has no `allow_tags`, so model text is only ever shown in Chatbots (the vote
 sides too); Markdown components show the app's own text.
+
+The panel's revisions as changes and its edit lists (ui/diff.py) are the app's own HTML around
+model text escaped by `html_text`: there the model's text is never Markdown or markup at all.
 """
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
 
@@ -100,6 +104,14 @@ def exact(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     copy button), a `{"type": "text"}` part does not."""
     return [{**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m.get("content"), str) else m
             for m in messages]
+
+
+def html_text(text: str) -> str:
+    """Untrusted text as HTML that shows it literally: `&`, `<`, `>` and quotes escaped (so no
+    tag, entity or attribute of it is live), line breaks as `<br>`. The result has no line
+    break at all, so inside a Markdown HTML block (which a blank line would end) it stays HTML
+    and none of it is read as Markdown. For the app's own markup around model text (ui/diff.py)."""
+    return html.escape(text, quote=True).replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
 
 
 HIDDEN = "(address hidden)"

@@ -15,11 +15,14 @@ from ui.view import TurnView
 @dataclass(frozen=True)
 class Exchange:
     """One finished turn: the prompt, what the chat shows, and what later turns see as the
-    answer (the final revision; None when the base answer failed, so later turns skip it)."""
+    answer (the final revision; None when the base answer failed, so later turns skip it);
+    for the last turn, `view`: the turn as the refinement panel shows it (to render it again,
+    e.g. when Show changes is switched)."""
 
     prompt: str
     shown: str
     answer: str | None
+    view: TurnView | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,14 @@ class ChatSession:
         ok = view.base_done and view.error is None
         answer = (view.final if view.final is not None else view.last_good()) if ok else None
         shown = answer if answer is not None else (view.base_text or failure or "")
-        exchange = Exchange(prompt=prompt, shown=shown, answer=answer)
-        return ChatSession(conversation_id=conversation_id, exchanges=(*self.exchanges, exchange))
+        exchange = Exchange(prompt=prompt, shown=shown, answer=answer, view=view)
+        earlier = tuple(replace(ex, view=None) if ex.view is not None else ex for ex in self.exchanges)
+        return ChatSession(conversation_id=conversation_id, exchanges=(*earlier, exchange))
+
+    @property
+    def last_view(self) -> TurnView | None:
+        """The last finished turn, as the refinement panel shows it (None before the first)."""
+        return self.exchanges[-1].view if self.exchanges else None
 
     def without_last(self) -> tuple[ChatSession, str | None]:
         """The session without its last exchange, and that exchange's prompt (for regenerate)."""

@@ -30,10 +30,14 @@ def _stored(event: Event) -> bool:
 
 
 class TurnRun:
-    """Runs one turn's events (e.g. `refine_turn(...)`) into a TurnView and the recorder."""
+    """Runs one turn's events (e.g. `refine_turn(...)`) into a TurnView and the recorder;
+    `cnr_format` is the format version its rounds are generated in (recorded with a round that
+    is cut off before the loop reports it)."""
 
-    def __init__(self, events: AsyncIterator[Event], recorder: EventRecorder | None) -> None:
-        self.view = TurnView()
+    def __init__(self, events: AsyncIterator[Event], recorder: EventRecorder | None,
+                 cnr_format: str | None = None) -> None:
+        self.view = TurnView(cnr_format=cnr_format)
+        self.show_changes = True  # how the page streaming the turn shows revisions (its Show changes toggle)
         self._recorder = recorder
         self._changed = asyncio.Event()
         self._urgent = asyncio.Event()  # a change worth showing at once (see _is_urgent)
@@ -55,7 +59,8 @@ class TurnRun:
 
     def _is_urgent(self, event: Event) -> bool:
         """Everything but more text for a part already showing text: a new part (answer,
-        critique, revision) appears at once, its following tokens may be batched."""
+        critique, revision) appears at once, its following tokens may be batched. An edit (the
+        `edits` format) is a whole change, not more text: each shows at once."""
         view = self.view
         if isinstance(event, BaseDelta):
             return not view.base_text
@@ -63,7 +68,7 @@ class TurnRun:
             return not (view.rounds and view.rounds[-1].critique)
         if isinstance(event, RevisionDelta):
             return not (view.rounds and view.rounds[-1].revision)
-        return True
+        return True  # EditApplied included
 
     async def _run(self, events: AsyncIterator[Event]) -> None:
         try:
@@ -121,6 +126,12 @@ class TurnRun:
             if self.view.finished:
                 return
 
+    def show(self, changes: bool) -> None:
+        """Show revisions as their changes (or clean) from the next snapshot on, which comes at once."""
+        self.show_changes = changes
+        self._urgent.set()
+        self._changed.set()
+
     async def stop(self) -> None:
         """Cancel the generation and wait until what it produced is written."""
         self._task.cancel()
@@ -154,6 +165,10 @@ class ActiveTurns:
 
     def running(self, session: str) -> bool:
         return session in self._runs
+
+    def run(self, session: str) -> TurnRun | None:
+        """The session's running turn, if any."""
+        return self._runs.get(session)
 
     def interval(self) -> float:
         """Seconds between two stream updates of one turn, with this many turns running."""

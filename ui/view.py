@@ -6,9 +6,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from refine.cnr_format import FORMAT_VERSIONS
 from refine.events import (
-    BaseDelta, BaseDone, Candidate, CritiqueDelta, ErrorEvent, Event, Judging, RevisionDelta, RoundDone, RoundStart,
-    StopReason, ThinkingDelta, Timing, TurnDone,
+    BaseDelta, BaseDone, Candidate, CritiqueDelta, EditApplied, ErrorEvent, Event, Judging, RevisionDelta,
+    RoundDone, RoundStart, StopReason, ThinkingDelta, Timing, TurnDone,
 )
 from ui.safety import public_message
 
@@ -17,7 +18,9 @@ RoundPhase = Literal["critique", "revision", "judging", "complete", "rejected", 
 
 @dataclass
 class RoundView:
-    """One critique→revision round as it streams; `phase` is the part being written until it ends."""
+    """One critique→revision round as it streams; `phase` is the part being written until it ends.
+    In the `edits` format the revision is replaced at each edit (the answer with every edit so
+    far applied) and `edits` lists them (refine.edits.Edit as JSON), dropped ones included."""
 
     index: int
     model: str
@@ -30,6 +33,8 @@ class RoundView:
     rejection: str | None = None
     candidate: int = 0  # the candidate streaming (or, once done, the one chosen)
     candidates: tuple[Candidate, ...] = ()
+    edits: list[dict] = field(default_factory=list)
+    cnr_format: str | None = None  # the format version (refine.cnr_format.FORMAT_VERSIONS), once known
     duration: float | None = None
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
@@ -61,6 +66,15 @@ class TurnView:
     finished: bool = False  # the turn ended and everything it produced was written
     turn_id: int | None = None
     save_error: str | None = None
+    cnr_format: str | None = None  # the rounds' format version, for a round cut off before it shows
+
+    def _round_event(self, event: CritiqueDelta | RevisionDelta | EditApplied) -> RoundView:
+        """The running round, reset when `event` starts the round's next candidate."""
+        current = self.rounds[-1]
+        if event.candidate != current.candidate:
+            current.candidate, current.critique, current.revision, current.edits = event.candidate, "", "", []
+        current.first_token = current.first_token or time.perf_counter()
+        return current
 
     def apply(self, event: Event) -> None:
         """Fold one engine event into the view."""
@@ -74,16 +88,18 @@ class TurnView:
         elif isinstance(event, RoundStart):
             self.rounds.append(RoundView(event.round, event.model))
         elif isinstance(event, CritiqueDelta | RevisionDelta):
-            current = self.rounds[-1]
-            if event.candidate != current.candidate:  # the next candidate of the round starts
-                current.candidate, current.critique, current.revision = event.candidate, "", ""
+            current = self._round_event(event)
             current.deltas += 1
-            current.first_token = current.first_token or time.perf_counter()
             if isinstance(event, CritiqueDelta):
                 current.critique += event.text
             else:
-                current.phase = "revision"
+                current.phase, current.cnr_format = "revision", FORMAT_VERSIONS["rewrite"]
                 current.revision += event.text
+        elif isinstance(event, EditApplied):  # a whole edit: the revision is the answer with the edits so far
+            current = self._round_event(event)
+            current.phase, current.cnr_format = "revision", FORMAT_VERSIONS["edits"]
+            current.revision = event.revision
+            current.edits.append(event.edit)
         elif isinstance(event, Judging):
             self.rounds[-1].phase = "judging"
         elif isinstance(event, RoundDone):
@@ -93,6 +109,7 @@ class TurnView:
             current.stop_reason = event.stop_reason
             current.nothing_to_fix, current.duration = event.nothing_to_fix, event.timing.duration
             current.rejection, current.candidate, current.candidates = event.rejection, event.chosen, event.candidates
+            current.edits, current.cnr_format = list(event.edits), event.cnr_format
         elif isinstance(event, ErrorEvent) and event.stage == "base":
             self.error = event
             self.base_text = event.partial or self.base_text
@@ -134,6 +151,8 @@ class TurnView:
             events.append(RoundDone(
                 round=current.index, model=current.model, critique=current.critique.strip(),
                 revision=current.revision.strip(), status="cancelled" if kind == "cancelled" else "failed",
-                stop_reason=stop, error=None if kind == "cancelled" else message, timing=current.timing()))
+                stop_reason=stop, error=None if kind == "cancelled" else message, timing=current.timing(),
+                cnr_format=current.cnr_format or self.cnr_format or FORMAT_VERSIONS["rewrite"],
+                edits=tuple(current.edits)))
         completed = sum(r.phase == "complete" for r in self.rounds)
         return [*events, TurnDone(final=self.last_good(), rounds_completed=completed, stop_reason=stop)]

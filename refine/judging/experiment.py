@@ -44,7 +44,7 @@ from refine.textfiles import read_json_object
 # The settings that decide a run's results (compared when a run is resumed); the others that
 # are not secret are recorded too, under "execution".
 RESULT_SETTINGS = {"base_backend", "base_model", "base_url", "cnr_backend", "cnr_model", "cnr_url", "cnr_adapter",
-                   "cnr_mode", "tokenizer", "rounds", "stop_early", "temperature", "top_p", "max_new_tokens",
+                   "cnr_mode", "cnr_format", "tokenizer", "rounds", "stop_early", "temperature", "top_p", "max_new_tokens",
                    "cnr_max_new_tokens", "dtype", "repetition_penalty", "no_repeat_ngram_size", "accept_max_repeats",
                    "accept_min_length_ratio", "accept_collapse_min_words", "accept_unchanged_similarity", "select",
                    "candidates"}

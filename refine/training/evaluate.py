@@ -16,7 +16,10 @@ from typing import Any
 
 import click
 
+from refine.adapter_format import read_adapter_format
 from refine.cli_paths import OutputPath
+from refine.cnr_format import CnRFormat, ParsedCnR, cnr_messages, parse_cnr
+from refine.edits_stream import EditsStreamParser
 from refine.textfiles import read_json_object
 from refine.training.data import TrainingDataError, load_records
 
@@ -31,13 +34,14 @@ class ModelSpec:
     base_model: str
     adapter: str | None
     few_shot: bool
+    fmt: CnRFormat = "rewrite"
 
 
-def resolve_model(ref: str, base_model: str = "") -> ModelSpec:
-    """`base` → the untuned base model (few-shot); a run folder → its base + adapter, or the
-    full model it holds."""
+def resolve_model(ref: str, base_model: str = "", base_format: CnRFormat = "rewrite") -> ModelSpec:
+    """`base` → the untuned base model (few-shot, in `base_format`); a run folder → its base +
+    adapter, or the full model it holds, in the CnR format the folder records."""
     if ref == BASE:
-        return ModelSpec(name="base (few-shot)", base_model=base_model, adapter=None, few_shot=True)
+        return ModelSpec(name="base (few-shot)", base_model=base_model, adapter=None, few_shot=True, fmt=base_format)
     folder = Path(ref)
     if not folder.is_dir():
         raise click.BadParameter(f"{ref}: not a run folder (or 'base')")
@@ -45,17 +49,21 @@ def resolve_model(ref: str, base_model: str = "") -> ModelSpec:
         settings = folder / "settings.json"
         if settings.exists():
             base_model = read_json_object(settings, "training settings (an object)").get("base_model", base_model)
-        return ModelSpec(name=folder.name, base_model=base_model, adapter=str(folder), few_shot=False)
-    return ModelSpec(name=folder.name, base_model=str(folder), adapter=None, few_shot=False)
+        return ModelSpec(name=folder.name, base_model=base_model, adapter=str(folder), few_shot=False,
+                         fmt=read_adapter_format(folder))
+    return ModelSpec(name=folder.name, base_model=str(folder), adapter=None, few_shot=False,
+                     fmt=read_adapter_format(folder))
 
 
-def _prompt_and_target_ids(tokenizer: Any, record: Any, few_shot: bool) -> tuple[list[int], list[int]]:
+def _prompt_and_target_ids(tokenizer: Any, record: Any, few_shot: bool,
+                           fmt: CnRFormat = "rewrite") -> tuple[list[int], list[int]]:
     """Token ids of the CnR prompt (generation prompt included) and of the reference target
-    (critique + revision + end of turn), split as in training."""
-    from refine.cnr_format import cnr_messages, cnr_target
+    (critique + revision or edits + end of turn), split as in training."""
+    from refine.training.data import to_example
 
-    prompt = cnr_messages(record.chat(), record.response, few_shot=few_shot)
-    answer = {"role": "assistant", "content": cnr_target(record.critique, record.revision, record.response)}
+    example = to_example(record, fmt)
+    prompt = cnr_messages(record.chat(), record.response, few_shot=few_shot, fmt=fmt)
+    answer = example["completion"][0]
     prompt_ids = tokenizer.apply_chat_template(
         prompt, add_generation_prompt=True, tokenize=True, return_dict=True
     )["input_ids"]
@@ -71,11 +79,12 @@ def target_loss(
     few_shot: bool = False,
     batch_size: int = 8,
     max_length: int = 1024,
+    fmt: CnRFormat = "rewrite",
 ) -> dict[str, float]:
     """Token-weighted mean negative log-likelihood of the reference targets, and perplexity."""
     import torch
 
-    pairs = [_prompt_and_target_ids(tokenizer, r, few_shot) for r in records]
+    pairs = [_prompt_and_target_ids(tokenizer, r, few_shot, fmt) for r in records]
     pairs.sort(key=lambda p: len(p[0]) + len(p[1]))  # similar lengths together: little padding
     total, count = 0.0, 0
     pad = tokenizer.pad_token_id
@@ -108,11 +117,10 @@ def generate(
     few_shot: bool = False,
     max_new_tokens: int = 192,
     batch_size: int = 8,
+    fmt: CnRFormat = "rewrite",
 ) -> list[dict[str, Any]]:
     """Greedy CnR generations for `records`, batched with left padding."""
     import torch
-
-    from refine.cnr_format import cnr_messages
 
     tokenizer.padding_side = "left"
     out: list[dict[str, Any]] = []
@@ -121,7 +129,7 @@ def generate(
         chunk = records[start : start + batch_size]
         prompts = [
             tokenizer.apply_chat_template(
-                cnr_messages(r.chat(), r.response, few_shot=few_shot),
+                cnr_messages(r.chat(), r.response, few_shot=few_shot, fmt=fmt),
                 add_generation_prompt=True,
                 tokenize=False,
             )
@@ -144,6 +152,7 @@ def generate(
             out.append(
                 {
                     "id": record.id,
+                    "response": record.response,
                     "output": tokenizer.decode(row, skip_special_tokens=True),
                     "tokens": len(row),
                     "stopped": ended,
@@ -152,13 +161,21 @@ def generate(
     return out
 
 
-def generation_metrics(outputs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Parse rate, nothing-to-fix share and mean lengths (characters) of generated outputs."""
-    from refine.cnr_format import parse_cnr
+def parse_output(output: str, response: str, fmt: CnRFormat) -> ParsedCnR:
+    """One complete CnR generation parsed in its format (`edits` are applied to `response`)."""
+    if fmt == "edits":
+        parser = EditsStreamParser(response)
+        parser.feed(output)
+        return parser.finish()
+    return parse_cnr(output)
 
+
+def generation_metrics(outputs: list[dict[str, Any]], fmt: CnRFormat = "rewrite") -> dict[str, Any]:
+    """Parse rate, nothing-to-fix share and mean lengths (characters) of generated outputs; in
+    the `edits` format also the edits applied and dropped."""
     if not outputs:
         return {"generated": 0}
-    parsed = [parse_cnr(o["output"]) for o in outputs]
+    parsed = [parse_output(o["output"], o["response"], fmt) for o in outputs]
     ok = [p for p in parsed if p.ok]
     n = len(outputs)
     revised = [p for p in ok if not p.nothing_to_fix]
@@ -170,6 +187,8 @@ def generation_metrics(outputs: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_revision_chars": round(sum(len(p.revision) for p in revised) / max(len(revised), 1), 1),
         "mean_output_tokens": round(sum(o["tokens"] for o in outputs) / n, 1),
         "hit_max_new_tokens": sum(not o["stopped"] for o in outputs),
+        **({"edits_applied": sum(bool(e.applied) for p in parsed for e in p.edits),
+            "edits_dropped": sum(not e.applied for p in parsed for e in p.edits)} if fmt == "edits" else {}),
     }
 
 
@@ -182,11 +201,12 @@ def evaluate_model(
     max_new_tokens: int = 192,
     batch_size: int = 8,
     samples: Path | None = None,
+    base_format: CnRFormat = "rewrite",
 ) -> dict[str, Any]:
     """Loss on all `records` and generation metrics on the first `limit` of them, for one model."""
     from refine.backends.local import load_model_and_tokenizer
 
-    spec = resolve_model(ref, base_model)
+    spec = resolve_model(ref, base_model, base_format)
     model, tokenizer = load_model_and_tokenizer(spec.base_model, adapter=spec.adapter)
     started = time.time()
     result: dict[str, Any] = {
@@ -195,7 +215,8 @@ def evaluate_model(
         "few_shot": spec.few_shot,
         "records": len(records),
     }
-    result.update(target_loss(model, tokenizer, records, few_shot=spec.few_shot, batch_size=batch_size))
+    result["format"] = spec.fmt
+    result.update(target_loss(model, tokenizer, records, few_shot=spec.few_shot, batch_size=batch_size, fmt=spec.fmt))
     outputs = (
         generate(
             model,
@@ -204,11 +225,12 @@ def evaluate_model(
             few_shot=spec.few_shot,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            fmt=spec.fmt,
         )
         if limit > 0
         else []
     )
-    result.update(generation_metrics(outputs))
+    result.update(generation_metrics(outputs, spec.fmt))
     result["max_new_tokens"] = max_new_tokens
     result["seconds"] = round(time.time() - started, 1)
     if samples is not None:
@@ -221,6 +243,7 @@ def evaluate_model(
 
 COLUMNS = (
     "model",
+    "format",
     "records",
     "loss",
     "perplexity",
@@ -251,6 +274,8 @@ def markdown_table(results: list[dict[str, Any]], columns: tuple[str, ...] = COL
 )
 @click.option("--baseline", "baselines", multiple=True, help="More models to compare against (e.g. base).")
 @click.option("--base-model", default="", help='Base for "base" (default: the embedded model).')
+@click.option("--base-format", type=click.Choice(["rewrite", "edits"]), default="rewrite", show_default=True,
+              help='CnR format "base" is prompted in (run folders use the format they record).')
 @click.option(
     "--limit", type=int, default=40, show_default=True, help="Records used for the generation metrics."
 )
@@ -263,6 +288,7 @@ def command(
     models: tuple[str, ...],
     baselines: tuple[str, ...],
     base_model: str,
+    base_format: str,
     limit: int,
     max_new_tokens: int,
     batch_size: int,
@@ -278,7 +304,7 @@ def command(
     except TrainingDataError as exc:
         raise click.ClickException(str(exc)) from exc
     for ref in (*models, *baselines):  # every model checked before the first one loads
-        spec = resolve_model(ref, base_model)
+        spec = resolve_model(ref, base_model, base_format)  # type: ignore[arg-type]
         if spec.adapter:
             check_adapter(spec.adapter, spec.base_model, setting=f"--model {ref}",
                           base_setting="base_model in its settings.json (or --base-model)")
@@ -295,6 +321,7 @@ def command(
                 max_new_tokens=max_new_tokens,
                 batch_size=batch_size,
                 samples=samples,
+                base_format=base_format,  # type: ignore[arg-type]
             )
         )
     click.echo(markdown_table(results))
