@@ -141,8 +141,8 @@ def fill_votes(path: Path, n_votes: int, n_turns: int, seed: int = 0) -> dict[in
     right = np.where(k_left, 0, k)
     turns = first + rng.integers(0, n_turns, n_votes)
     con.executemany(
-        "INSERT INTO votes (turn_id, left_round, right_round, high_round, high_score, choice, key, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, 'bulk-' || ?, '2026-01-01 00:00:00')",
+        "INSERT INTO votes (turn_id, left_round, right_round, high_round, high_score, choice, blind, key, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, 1, 'bulk-' || ?, '2026-01-01 00:00:00')",  # blind: the statistics' headline
         zip(turns.tolist(), left.tolist(), right.tolist(), k.tolist(), np.where(win, 2, 0).tolist(), choice.tolist(),
             range(n_votes)))
     con.commit()

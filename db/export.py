@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, Select, Table, and_, select
+from sqlalchemy import Engine, Select, Table, and_, func, select
 from sqlalchemy.orm import aliased
 
 from db.errors import InvalidInput
@@ -44,7 +44,8 @@ def preference_rows(engine: Engine) -> Iterator[dict[str, Any]]:
                left.revision.label("left_text"), right.revision.label("right_text"))
         .join(Turn, Turn.id == Vote.turn_id)
         .outerjoin(left, and_(left.turn_id == Vote.turn_id, left.round_index == Vote.left_round))
-        .outerjoin(right, and_(right.turn_id == Vote.turn_id, right.round_index == Vote.right_round))
+        .outerjoin(right, and_(right.turn_id == func.coalesce(Vote.right_turn_id, Vote.turn_id),
+                               right.round_index == Vote.right_round))
         .where(Vote.choice.in_(("left", "right")))
         .order_by(Vote.id)
     )

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -122,6 +123,9 @@ class Round(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+ROUNDS_DIFFER_SQL = "left_round <> right_round OR right_turn_id IS NOT NULL"
+STATS_INDEX = "ix_votes_stats"
+STATS_INDEX_COLUMNS = ("blind", "turn_id", "high_round", "left_round", "right_round", "high_score", "right_turn_id")
 HIGH_ROUND_SQL = "CASE WHEN left_round > right_round THEN left_round ELSE right_round END"
 HIGH_SCORE_SQL = ("CASE WHEN choice = 'tie' THEN 1 WHEN choice = CASE WHEN left_round > right_round"
                   " THEN 'left' ELSE 'right' END THEN 2 ELSE 0 END")
@@ -147,32 +151,40 @@ def _default_high_score(context: Any) -> int | None:
 
 
 class Vote(Base):
-    """A blind A/B comparison of two versions of a turn's answer.
+    """An A/B comparison of two versions of an answer.
 
     `left_round` is the version shown on the left (or first), `right_round` the other one;
-    0 is the base answer. `choice` names the side the voter preferred. `high_round` and
-    `high_score` restate the vote from the later version's side, for fast statistics.
+    0 is the base answer. Both are versions of turn `turn_id`, unless `right_turn_id` is set:
+    then the right version is that turn's (the same prompt's answer revised by another CnR
+    model, compared in the Arena). `choice` names the side the voter preferred. `blind`: the
+    voter did not know which version was which (the Arena); votes cast beside the Refinement
+    panel, which names the versions, are not blind. `high_round` and `high_score` restate the
+    vote from the later version's side, for fast statistics.
     """
 
     __tablename__ = "votes"
     __table_args__ = (
         CheckConstraint(_in("choice", CHOICES), name="choice"),
         CheckConstraint("left_round >= 0 AND right_round >= 0", name="rounds_non_negative"),
-        CheckConstraint("left_round <> right_round", name="rounds_differ"),
+        CheckConstraint(ROUNDS_DIFFER_SQL, name="rounds_differ"),
+        CheckConstraint("right_turn_id IS NULL OR right_turn_id <> turn_id", name="right_turn_other"),
         CheckConstraint(f"high_round = {HIGH_ROUND_SQL}", name="high_round_is_max"),
         CheckConstraint(f"(choice = 'both_bad' AND high_score IS NULL) OR (choice <> 'both_bad' AND "
                         f"high_score IS NOT NULL AND high_score = {HIGH_SCORE_SQL})", name="high_score_matches"),
-        # Covers the statistics query, whose per-(turn, round) grouping then needs no sort.
-        Index(None, "turn_id", "high_round", "left_round", "right_round", "high_score"),
+        # Covers the statistics queries (db.stats), whose per-(turn, round) grouping of the blind or
+        # the other votes then needs no sort.
+        Index(STATS_INDEX, *STATS_INDEX_COLUMNS),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     turn_id: Mapped[int] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"))
     left_round: Mapped[int] = mapped_column(Integer)
     right_round: Mapped[int] = mapped_column(Integer)
+    right_turn_id: Mapped[int | None] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"))
     high_round: Mapped[int] = mapped_column(Integer, default=_default_high_round)  # the later version
     high_score: Mapped[int | None] = mapped_column(Integer, default=_default_high_score)  # see high_score()
     choice: Mapped[str] = mapped_column(String(16))
+    blind: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     key: Mapped[str] = mapped_column(String(128), unique=True)  # idempotency key from the client
     voter_hash: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

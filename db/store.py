@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, get_args
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, Row, bindparam, exists, func, insert, or_, select
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -192,11 +192,15 @@ def _turn(session: Session, turn_id: Any) -> Turn:
 
 
 _VOTE_COLUMNS = list(Vote.__table__.columns)
-_VOTE_VALUES = ["turn_id", "left_round", "right_round", "high_round", "high_score", "choice", "key", "voter_hash",
-                "created_at"]
+_VOTE_VALUES = ["turn_id", "left_round", "right_round", "right_turn_id", "high_round", "high_score", "choice", "blind",
+                "key", "voter_hash", "created_at"]
+# Complete rounds among the two versions: the left one of turn_id, the right one of right_turn
+# (turn_id itself unless the vote compares two turns); version 0, the base answer, is no round.
 _ROUNDS_FOUND = select(func.count()).where(
-    Round.turn_id == bindparam("turn_id"), Round.status == "complete",
-    Round.round_index.in_([bindparam("left_round"), bindparam("right_round")])).scalar_subquery()
+    Round.status == "complete",
+    or_(and_(Round.turn_id == bindparam("turn_id"), Round.round_index == bindparam("left_round")),
+        and_(Round.turn_id == bindparam("right_turn"), Round.round_index == bindparam("right_round"))),
+).scalar_subquery()
 # The hot write path, one statement: insert the vote only if its key is new, its turn exists
 # (with a complete base answer when version 0 is compared) and its rounds are complete.
 _INSERT_VOTE = insert(Vote).from_select(
@@ -221,7 +225,8 @@ def _stored_vote(connection: Connection, key: str) -> Row | None:
 def _missing_version(connection: Connection, turn_id: int, left: int, right: int) -> InvalidInput | None:
     """Why versions `left` and `right` of a turn's answer cannot be voted on or critiqued (0 =
     the base answer, which must not have failed; k = round k, which must be complete)."""
-    check = connection.execute(_VERSIONS_CHECK, dict(turn_id=turn_id, left_round=left, right_round=right)).one()
+    check = connection.execute(_VERSIONS_CHECK, dict(turn_id=turn_id, right_turn=turn_id, left_round=left,
+                                                     right_round=right)).one()
     needed = len({left, right} - {0})
     if check.turn is None:
         return InvalidInput(f"turn {turn_id} does not exist")
@@ -233,32 +238,58 @@ def _missing_version(connection: Connection, turn_id: int, left: int, right: int
     return None
 
 
+def _missing_across(connection: Connection, turn_id: int, left: int, right_turn: int, right: int) -> InvalidInput:
+    """Why round `left` of one turn and round `right` of another cannot be voted on."""
+    for turn, index in ((turn_id, left), (right_turn, right)):
+        problem = _missing_version(connection, turn, index, index)
+        if problem:
+            return problem
+    return InvalidInput(f"turns {turn_id} and {right_turn} lack a complete round {left} or {right}")
+
+
 def record_vote(engine: Engine, *, turn_id: int, left_round: int, right_round: int, choice: str,
-                key: str, voter_hash: str | None = None) -> Row:
-    """Store a blind A/B vote; returns the stored row (attributes as in `Vote`). Idempotent: a
-    vote whose `key` is already stored is returned as it was stored, and nothing is written.
+                key: str, voter_hash: str | None = None, blind: bool = False,
+                right_turn_id: int | None = None) -> Row:
+    """Store an A/B vote; returns the stored row (attributes as in `Vote`). Idempotent: a vote
+    whose `key` is already stored is returned as it was stored, and nothing is written.
 
     `left_round`/`right_round` are the versions shown on the left and right (0 = the base
-    answer, k = round k's revision); `choice` is one of left, right, tie, both_bad.
+    answer, k = round k's revision) of turn `turn_id`, or, with `right_turn_id`, the right one
+    of that other turn (two CnR models' revisions of the same prompt: both rounds must be
+    revisions). `choice` is one of left, right, tie, both_bad. `blind`: the voter did not know
+    which version was which (the Arena); a vote beside the Refinement panel is not blind.
     """
     if choice not in CHOICES:
         raise InvalidInput(f"choice must be one of {', '.join(CHOICES)}; got {choice!r}")
     left, right = _round_number("left_round", left_round), _round_number("right_round", right_round)
-    if left == right:
+    if not isinstance(blind, bool):
+        raise InvalidInput(f"blind must be true or false, got {blind!r}")
+    _turn_id(turn_id)
+    if right_turn_id is not None:
+        _turn_id(right_turn_id)
+        if right_turn_id == turn_id:
+            raise InvalidInput("a vote across turns compares two different turns; leave right_turn_id out")
+        if 0 in (left, right):
+            raise InvalidInput("a vote across turns compares two revisions (rounds >= 1), not base answers")
+    elif left == right:
         raise InvalidInput("a vote compares two different versions")
     if not _text("key", key, MAX_KEY_CHARS).strip():
         raise InvalidInput("key is empty")
     _text("voter_hash", voter_hash, MAX_KEY_CHARS, optional=True)
-    _turn_id(turn_id)
-    values = dict(turn_id=turn_id, left_round=left, right_round=right, high_round=max(left, right),
-                  high_score=high_score(left, right, choice), choice=choice, key=key, voter_hash=voter_hash, created_at=utcnow(),
-                  needs_base=int(0 in (left, right)), rounds_needed=(left > 0) + (right > 0))
+    across = right_turn_id is not None
+    values = dict(turn_id=turn_id, left_round=left, right_round=right, right_turn_id=right_turn_id,
+                  right_turn=right_turn_id if across else turn_id, high_round=max(left, right),
+                  high_score=high_score(left, right, choice), choice=choice, blind=blind, key=key,
+                  voter_hash=voter_hash, created_at=utcnow(), needs_base=int(0 in (left, right)),
+                  rounds_needed=(left > 0) + (right > 0))
     try:
         with write_connection(engine) as connection:
             row = connection.execute(_INSERT_VOTE, values).first()
             if row is None:  # the key is taken, or the vote is invalid
                 row = _stored_vote(connection, key)
                 if row is None:
+                    if across:
+                        raise _missing_across(connection, turn_id, left, right_turn_id, right)
                     raise _missing_version(connection, turn_id, left, right) or AssertionError(values)
             return row
     except IntegrityError:

@@ -22,7 +22,7 @@ import click
 
 from refine.acceptance import AcceptanceConfig
 from refine.aio import as_finished
-from refine.backends import BackendPool, cnr_few_shot, cnr_format, cnr_model, generation_params
+from refine.backends import BackendPool, cnr_adapter, cnr_few_shot, cnr_format, cnr_model, generation_params
 from refine.cli_options import model_options, selection_judge_options, settings_from
 from refine.events import BaseDone, ErrorEvent, Event, RoundDone, TurnDone
 from refine.loop import LoopConfig, refine_turn
@@ -215,11 +215,12 @@ def _database_recorder(url: str, settings: Settings) -> tuple[RowRecorder, Any]:
     from db.recorder import EventRecorder
 
     engine = open_database(url if "://" in url else f"sqlite:///{Path(url).resolve()}")
+    adapter = cnr_adapter(settings)  # stored with each round: the Arena and the statistics tell CnR models apart
 
     def recorder(row: PromptRow) -> Callable[[Event], None]:
         messages = [m.model_dump() for m in row.messages] if row.messages else None
         backend = "input" if row.response is not None else settings.base_backend
-        return EventRecorder(engine, backend=backend, prompt=row.prompt, messages=messages).feed
+        return EventRecorder(engine, backend=backend, prompt=row.prompt, messages=messages, adapter=adapter).feed
 
     return recorder, engine
 

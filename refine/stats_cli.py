@@ -17,16 +17,18 @@ from refine.judging.stats import RoundSummary
 
 def vote_summaries(db_url: str | None, *, n_boot: int, seed: int) -> list[RoundSummary]:
     """Per-round win rates of the stored votes, vs the original and vs the previous round (from
-    round 2: round 1's previous answer is the original)."""
+    round 2: round 1's previous answer is the original): the blind votes (the app's Arena), then,
+    apart, the votes cast beside the app's Refinement panel ("not blind": it names the versions)."""
     from db import open_database
     from db.stats import vote_win_rates
     from refine.settings import Settings
 
     engine = open_database(db_url or Settings().database_url)
     try:
-        return [RoundSummary(f"vs {versus}", rate, both_bad=rate.both_bad)
+        return [RoundSummary(f"vs {versus}" + ("" if blind else " (not blind)"), rate, both_bad=rate.both_bad)
+                for blind in (True, False)
                 for versus in ("original", "previous")
-                for rate in vote_win_rates(engine, versus, n_boot=n_boot, seed=seed)
+                for rate in vote_win_rates(engine, versus, blind=blind, n_boot=n_boot, seed=seed)
                 if versus == "original" or rate.round > 1]
     finally:
         engine.dispose()
@@ -87,7 +89,8 @@ def command(file: Path | None, verdicts: Path | None, db_url: str | None, fmt: s
     \b
     Sources (one of):
       --verdicts verdicts.jsonl        verdicts of `refine judge`
-      --db URL (or neither)            the votes stored in the database
+      --db URL (or neither)            the votes stored in the database (blind ones and the
+                                       others, "not blind", apart)
       FILE --format alpaca_eval        AlpacaEval's annotations.json
       FILE --format table --columns preference=winner --values win=model_b,loss=model_a,tie=tie
     """

@@ -85,8 +85,9 @@ def test_turn_with_two_rounds_streams_in_order_then_vote_is_stored(app: RunningA
     reveal = c.predict(api_name="/vote_left")[-1]
     assert "Left was" in reveal  # the original vs the final revision, by default
     assert "the original answer" in reveal and "revision 2 (final)" in reveal
-    votes = app.rows("SELECT left_round, right_round, choice, voter_hash FROM votes WHERE turn_id = ?", turn_id)
+    votes = app.rows("SELECT left_round, right_round, choice, voter_hash, blind FROM votes WHERE turn_id = ?", turn_id)
     assert len(votes) == 1 and {votes[0][0], votes[0][1]} == {0, 2} and votes[0][2] == "left" and votes[0][3]
+    assert votes[0][4] == 0  # not blind: the Refinement panel above the vote names the versions
 
     c.predict(api_name="/vote_right")  # one vote per comparison per session
     assert app.rows("SELECT choice FROM votes WHERE turn_id = ?", turn_id) == [("left",)]
@@ -191,10 +192,12 @@ def test_feedback_statistics_and_admin_exports(app: RunningApp, tmp_path: Path) 
     stored = app.rows("SELECT round_index, critique, edited_answer FROM feedback")
     assert (2, "It should mention Paris.", "Paris is the capital of France.") in stored
 
-    summary, plot, table = c.predict(api_name="/statistics")
+    summary, plot, table, details = c.predict(api_name="/statistics")
     votes = app.rows("SELECT COUNT(*) FROM votes WHERE 0 IN (left_round, right_round)")[0][0]
-    assert f"**{votes}** vote(s)" in summary
-    assert table["data"] and table["data"][0][0] == 2
+    assert app.rows("SELECT COUNT(*) FROM votes WHERE blind") == [(0,)]  # every vote here was beside the panel
+    assert "No blind votes" in summary and f"**{votes}** vote(s) cast beside the Refinement panel" in summary
+    assert not table["data"] or table["data"] == [[""] * len(table["headers"])]  # the blind table is empty
+    assert "Not blind" in details and "| 2 |" in details  # round 2 vs the original, counted apart
 
     denied = c.predict("wrong", api_name="/export")
     assert "Wrong admin token" in denied[0] and not denied[1]

@@ -1,6 +1,7 @@
 """The app in a real browser (Debian's chromium, driven by Playwright, headless): a user types a
 prompt, watches round 1's critique appear before its revision, votes, and sees the vote counted
-in the Statistics tab; model output and user text carrying HTML/script stay inert."""
+in the Statistics tab; model output and user text carrying HTML/script stay inert; in the Arena,
+a visitor judges a pair from a stored `revise` run blind and learns which was which after."""
 
 from __future__ import annotations
 
@@ -190,4 +191,46 @@ def test_an_edits_turn_shows_its_edits_and_changes_and_the_toggle_gives_clean_te
     page.wait_for_selector("#panel .refine-diff ins")
     assert page.evaluate(PANEL_CHANGES)["ins"] == shown["ins"]
     assert page.evaluate("window.__pwned") is None
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def arena_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    """The app on a database filled by `python -m refine revise --db` (nothing chatted)."""
+    from tests.test_app_arena import revise_into_database
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with ScriptedServer(Script(delay=0)) as server:
+        db_file = revise_into_database(server.url, tmp_path_factory.mktemp("browser-arena"))
+        with running_app(standin_settings(server.url, db_file)) as running:
+            yield running
+
+
+def test_an_arena_vote_on_a_stored_revise_run_is_blind_and_revealed_after(
+        browser: Any, arena_app: RunningApp, tmp_path: Path) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    page = context.new_page()
+    page.goto(arena_app.url)
+    page.get_by_role("tab", name="Arena").click()  # opening the tab draws a pair
+    page.wait_for_selector("#arena-left-btn", state="visible")
+    page.wait_for_function("() => document.querySelector('#arena-right').textContent.includes('You said:')")
+    tab = page.inner_text("#arena-tab")
+    assert page.inner_text("#arena-reveal").strip() == ""  # no names yet: not which version, not which model
+    assert "standin" not in tab and not any(f"revision {k}" in tab.lower() for k in (1, 2))
+    assert "You said:" in page.inner_text("#arena-left") and page.inner_text("#arena-prompt").strip()
+    page.screenshot(path=str(tmp_path / "arena.png"), full_page=True)
+
+    page.click("#arena-right-btn")
+    page.wait_for_function("() => document.querySelector('#arena-reveal').textContent.includes('B was')")
+    page.wait_for_selector("#arena-right-btn", state="hidden")  # one vote per pair
+    reveal = page.inner_text("#arena-reveal")
+    assert "B is better" in reveal and "A was" in reveal
+    assert arena_app.rows("SELECT blind, choice FROM votes") == [(1, "right")]
+
+    page.click("#arena-next")  # the next pair, the buttons back, the reveal gone
+    page.wait_for_selector("#arena-right-btn", state="visible")
+    page.wait_for_function("() => !document.querySelector('#arena-reveal').textContent.includes('B was')")
+    page.get_by_role("tab", name="Statistics").click()
+    page.wait_for_function("() => document.querySelector('#stats-summary').textContent.includes('blind')")
     context.close()

@@ -3,7 +3,8 @@ driven by Playwright): a scripted model answers, thinks, critiques, revises and 
 Markdown and HTML (images, forms, inputs, buttons, iframes, objects, media, SVG, CSS `url()`),
 and a second local HTTP server plays the remote host those point at. No request may reach it,
 no form control from model text may exist in the page, the chat shows (and copies) the stored
-text byte for byte, a failed turn says why without the model server's address."""
+text byte for byte (the Arena shows it the same way), a failed turn says why without the model
+server's address."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ pytestmark = pytest.mark.browser
 ADMIN = "page-safety-admin"
 CASE = Path(__file__).resolve().parent / "data" / "cases" / "chat-text-altered" / "answer.txt"
 # The rendered text of every chat message (Markdown output), where nothing from the model may be live.
-CONTENT = "#chat .message-wrap .md, #panel .message-wrap .md, #vote-left .message-wrap .md, #vote-right .message-wrap .md"
+CONTENT = ", ".join(f"#{where} .message-wrap .md" for where in (
+    "chat", "panel", "vote-left", "vote-right", "arena-prompt", "arena-left", "arena-right"))
 
 
 def hostile(remote: str) -> str:
@@ -172,6 +174,16 @@ def test_hostile_output_fetches_nothing_and_renders_no_form_control(
         assert f"{remote.url}/md.png" in text  # the image is a placeholder showing its address
         assert "Claim your prize" in text and "<button" in text  # a button shows as text
     assert "Thinking:" in page.inner_text("#panel")
+
+    # The Arena shows this turn's prompt and versions (the only pair yet) the same safe way.
+    page.get_by_role("tab", name="Arena").click()
+    page.wait_for_selector("#arena-left-btn", state="visible")
+    page.wait_for_timeout(1000)
+    assert [r.path for r in remote.requests] == [] and live_controls(page) == []
+    assert page.evaluate("() => document.querySelectorAll('form').length") == 0
+    for where in ("#arena-prompt", "#arena-left", "#arena-right"):
+        text = page.inner_text(where)
+        assert f"{remote.url}/md.png" in text and "<button" in text
 
 
 def test_the_page_sends_a_content_security_policy(app: RunningApp) -> None:

@@ -42,7 +42,9 @@ VALUES (1, 1, 1, 0, 'left', 'k1', 'h1', '2026-01-01 11:00:00'),
 """
 TABLES = ("conversations", "turns", "rounds", "votes")
 ADDED_LATER = {"finish_reason", "thinking", "rejection", "candidates",  # by 0005a, NULL on old rows
-               "cnr_format", "edits"}  # by 0006
+               "cnr_format", "edits",  # by 0006
+               "right_turn_id"}  # by 0007
+NOT_BLIND = {"blind"}  # by 0007: false on old rows (they were cast beside the Refinement panel)
 
 
 def dump(engine: Engine) -> dict[str, list[dict]]:
@@ -67,12 +69,13 @@ def test_first_revision_upgrades_to_head_with_rows_intact(engine: Engine) -> Non
     before = dump(engine)
 
     upgrade(engine)
-    assert current(engine) == head() == "0006"
+    assert current(engine) == head() == "0007"
     after = dump(engine)
     for table in TABLES:
-        assert [{k: v for k, v in row.items() if not k.startswith("high_") and k not in ADDED_LATER}
+        assert [{k: v for k, v in row.items() if not k.startswith("high_") and k not in ADDED_LATER | NOT_BLIND}
                 for row in after[table]] == before[table]
         assert all(row[k] is None for row in after[table] for k in ADDED_LATER & row.keys())
+    assert [row["blind"] for row in after["votes"]] == [0] * 5
     # Backfilled by 0003 and 0004: the later version, and its points (2 won, 1 tie, 0 lost).
     assert [(row["high_round"], row["high_score"]) for row in after["votes"]] == [
         (1, 2), (1, 2), (2, 0), (2, 1), (1, None)]
@@ -81,7 +84,8 @@ def test_first_revision_upgrades_to_head_with_rows_intact(engine: Engine) -> Non
     assert record_feedback(engine, turn_id=1, round_index=2, critique="ok", edited_answer="Hi!") == 1
     vote = record_vote(engine, turn_id=1, left_round=2, right_round=0, choice="right", key="k6")
     assert (vote.high_round, vote.high_score) == (2, 0)
-    by_round = {r.round: r for r in vote_win_rates(engine, "original", n_boot=200)}
+    by_round = {r.round: r for r in vote_win_rates(engine, "original", blind=False, n_boot=200)}
+    assert vote_win_rates(engine, "original", n_boot=200) == []  # no blind vote among them
     assert (by_round[1].wins, by_round[1].both_bad, by_round[2].wins, by_round[2].losses) == (2, 1, 0, 2)
     for high_round, high_score, choice in [(1, 0, "right"), (2, 2, "right"), (2, None, "tie"), (2, 0, "both_bad")]:
         with engine.connect() as c, pytest.raises(Exception, match="CHECK constraint failed: ck_votes_high"):
@@ -141,10 +145,57 @@ def test_0006_adds_round_format_and_edits_and_downgrades_without_them(engine: En
     after = dump(engine)
     assert {t: rows[:len(before[t])] for t, rows in after.items()} == before
     upgrade(engine)
-    assert current(engine) == "0006"
+    assert current(engine) == "0007"
     with engine.connect() as c:
         assert c.execute(text("SELECT cnr_format, edits FROM rounds WHERE turn_id = :t"), {"t": turn}).one() == (
             None, None)
+
+
+def test_0007_adds_blind_votes_and_votes_across_turns_and_downgrades_without_them(engine: Engine) -> None:
+    upgrade(engine, "0001")
+    with engine.begin() as c:
+        for statement in OLD_ROWS.split(";"):
+            if statement.strip():
+                c.execute(text(statement))
+    upgrade(engine, "0006")
+    before = dump(engine)
+    upgrade(engine, "0007")
+    assert current(engine) == "0007"
+    with engine.connect() as c:  # votes stored before 0007 were cast beside the panel: not blind
+        assert c.execute(text("SELECT DISTINCT blind, right_turn_id FROM votes")).all() == [(0, None)]
+        indexes = {row[1] for row in c.execute(text("PRAGMA index_list(votes)"))}
+    assert "ix_votes_stats" in indexes and "ix_votes_turn_id_high_round_left_round_right_round_high_score" not in indexes
+    # A second turn on turn 1's prompt and answer, revised by another CnR model; blind votes on
+    # one turn and across the two.
+    other = record_turn(engine, prompt="Hi 'there' 👋", answer="Hello", model="smol", backend="local")
+    record_round(engine, other, RoundDone(round=1, model="cnr-2", critique="c", revision="Hi!", status="complete"))
+    blind = record_vote(engine, turn_id=1, left_round=0, right_round=2, choice="right", key="b1", blind=True)
+    across = record_vote(engine, turn_id=other, left_round=1, right_turn_id=1, right_round=1, choice="left",
+                         key="b2", blind=True)
+    assert (blind.blind, blind.right_turn_id, across.blind, across.right_turn_id) == (True, None, True, 1)
+    assert [(r.round, r.wins) for r in vote_win_rates(engine, "original", n_boot=200)] == [(2, 1)]
+    with engine.connect() as c, pytest.raises(Exception, match="CHECK constraint failed: ck_votes_right_turn_other"):
+        c.execute(text("INSERT INTO votes (turn_id, left_round, right_round, right_turn_id, high_round, high_score,"
+                       " choice, blind, key, created_at) VALUES (1, 1, 1, 1, 1, 2, 'right', 1, 'bad', '2026-01-01')"))
+    with engine.connect() as c, pytest.raises(Exception, match="CHECK constraint failed: ck_votes_rounds_differ"):
+        c.execute(text("INSERT INTO votes (turn_id, left_round, right_round, high_round, high_score,"
+                       " choice, blind, key, created_at) VALUES (1, 1, 1, 1, 2, 'right', 1, 'bad', '2026-01-01')"))
+
+    downgrade(engine, "0006")  # the columns go, and the vote across two turns with them
+    assert current(engine) == "0006"
+    with engine.connect() as c:
+        columns = {row[1] for row in c.execute(text("PRAGMA table_info(votes)"))}
+        assert not {"blind", "right_turn_id"} & columns
+        assert c.execute(text("SELECT key FROM votes WHERE key LIKE 'b%'")).scalars().all() == ["b1"]
+        with pytest.raises(Exception, match="CHECK constraint failed: ck_votes_rounds_differ"):
+            c.execute(text("INSERT INTO votes (turn_id, left_round, right_round, high_round, high_score, choice, key,"
+                           " created_at) VALUES (1, 1, 1, 1, 2, 'right', 'bad', '2026-01-01')"))
+    after = dump(engine)
+    assert {t: rows[:len(before[t])] for t, rows in after.items()} == before
+    upgrade(engine)
+    assert current(engine) == "0007"
+    with engine.connect() as c:  # what was blind before the downgrade is no longer known
+        assert c.execute(text("SELECT blind FROM votes WHERE key = 'b1'")).scalar_one() == 0
 
 
 def test_downgrade_and_upgrade_again_keep_votes(engine: Engine) -> None:
@@ -176,14 +227,14 @@ def test_db_commands_upgrade_and_report_from_any_folder(tmp_path: Path, monkeypa
     runner = CliRunner()
     result = runner.invoke(cli, ["db", "current", "--db", url])
     assert result.exit_code == 0, result.output
-    assert "empty (head: 0006, needs `python -m refine db upgrade`)" in result.output
+    assert "empty (head: 0007, needs `python -m refine db upgrade`)" in result.output
     result = runner.invoke(cli, ["db", "upgrade", "--db", url, "--revision", "0002"])
     assert result.exit_code == 0 and "empty -> 0002" in result.output, result.output
     monkeypatch.setenv("REFINE_DATABASE_URL", url)  # the settings' URL is the default
     result = runner.invoke(cli, ["db", "upgrade"])
-    assert result.exit_code == 0 and "0002 -> 0006" in result.output, result.output
+    assert result.exit_code == 0 and "0002 -> 0007" in result.output, result.output
     result = runner.invoke(cli, ["db", "current"])
-    assert "0006 (head: 0006, up to date)" in result.output
+    assert "0007 (head: 0007, up to date)" in result.output
 
 
 def test_processes_starting_together_upgrade_one_after_another(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ from db.errors import InvalidInput
 from db.export import feedback_rows, preference_rows, table_rows
 from db.migrate import current, downgrade, upgrade
 from db.models import Base, Conversation, Round, Turn, Vote
-from db.stats import vote_win_rates
+from db.arena import candidate_pairs
+from db.stats import model_head_to_head, vote_win_rates, vote_win_rates_by_model
 from db.store import record_feedback, record_round, record_turn, record_vote
 from refine.events import RoundDone
 
@@ -71,9 +72,15 @@ def fill(engine: Engine, seed: int = 0) -> None:
         left, right = (k, other) if rng.random() < 0.5 else (other, k)
         choice = str(rng.choice(["left", "right", "tie", "both_bad"], p=[0.5, 0.3, 0.15, 0.05]))
         record_vote(engine, turn_id=turns[int(rng.integers(0, 40))], left_round=left, right_round=right,
-                    choice=choice, key=f"v{i}")
+                    choice=choice, key=f"v{i}", blind=bool(i % 2))
     for t in turns[:10]:
         record_feedback(engine, turn_id=t, round_index=t % 3, critique=f"c{t}", edited_answer=f"e{t}")
+    # The same prompt and answer revised by two CnR models: Arena pairs across turns, and a vote on one.
+    twins = [record_turn(engine, prompt="twin", answer="same", model="m", backend="local") for _ in range(2)]
+    for t, model in zip(twins, ("c", "other")):
+        record_round(engine, t, RoundDone(round=1, model=model, critique="c", revision=f"by {model}", status="complete"))
+    record_vote(engine, turn_id=twins[1], left_round=1, right_turn_id=twins[0], right_round=1, choice="right",
+                key="across", blind=True)
 
 
 def test_migrations_upgrade_with_rows_and_match_the_models(pg_url: str) -> None:
@@ -87,7 +94,7 @@ def test_migrations_upgrade_with_rows_and_match_the_models(pg_url: str) -> None:
         c.execute(text("INSERT INTO votes (turn_id, left_round, right_round, choice, key, created_at)"
                        " VALUES (1, 3, 2, 'left', 'a', now()), (1, 0, 1, 'tie', 'b', now())"))
     upgrade(engine)
-    assert current(engine) == "0006"
+    assert current(engine) == "0007"
     with engine.connect() as c:
         assert c.execute(text("SELECT key, high_round, high_score FROM votes ORDER BY key")).all() == [
             ("a", 3, 2), ("b", 1, 1)]
@@ -151,15 +158,22 @@ def test_statistics_and_exports_equal_sqlites(pg_url: str, tmp_path: Path) -> No
         fill(engine)
 
     def results(engine: Engine) -> tuple:
+        with engine.connect() as c:
+            pairs = sorted(candidate_pairs(c))
         return (vote_win_rates(engine, "original"), vote_win_rates(engine, "previous"),
+                vote_win_rates(engine, "original", blind=False), vote_win_rates_by_model(engine),
+                model_head_to_head(engine), pairs,
                 list(preference_rows(engine)),
                 [{k: v for k, v in r.items() if k != "meta"} for r in feedback_rows(engine)],
                 [{k: v for k, v in r.items() if k != "created_at"} for r in table_rows(engine, "rounds")])
 
     pg, lite = (results(e) for e in engines)
     assert pg == lite
-    assert len(pg[0]) == 2 and len(pg[2]) > 400 and len(pg[3]) == 10
+    assert len(pg[0]) == len(pg[2]) == 2 and len(pg[6]) > 400 and len(pg[7]) == 10
+    [across] = pg[4]  # "c" beat "other" in the blind vote across the two turns
+    assert (across.first, across.second, across.rate.wins) == ("c", "other", 1)
+    assert sum(kind == "models" for kind, *_ in pg[5]) == 1
     with write_session(engines[0]) as s:  # ORM sessions work the same way too
-        assert s.scalar(select(func.count()).select_from(Vote)) == 600
+        assert s.scalar(select(func.count()).select_from(Vote)) == 601
     for engine in engines:
         engine.dispose()

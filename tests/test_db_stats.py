@@ -33,11 +33,11 @@ def make_turns(engine: Engine, n: int, rounds: int = 3) -> list[int]:
     return ids
 
 
-def add_votes(engine: Engine, votes: list[tuple[int, int, int, str]]) -> None:
-    """(turn, left_round, right_round, choice) rows, bulk."""
+def add_votes(engine: Engine, votes: list[tuple[int, int, int, str]], *, blind: bool = True) -> None:
+    """(turn, left_round, right_round, choice) rows, bulk; blind (the Arena's) unless told."""
     with write_session(engine) as s:
         start = len(s.query(Vote.id).all())
-        s.add_all(Vote(turn_id=t, left_round=left, right_round=right, choice=c, key=f"v{start + i}")
+        s.add_all(Vote(turn_id=t, left_round=left, right_round=right, choice=c, key=f"v{start + i}", blind=blind)
                   for i, (t, left, right, c) in enumerate(votes))
 
 
@@ -122,13 +122,71 @@ def test_session_and_connection_work_like_the_engine(engine: Engine) -> None:
 
 
 def test_statistics_query_groups_in_index_order(engine: Engine) -> None:
-    """Votes are reduced per (turn, round) while scanning the covering index, with no sort."""
+    """Votes are reduced per (turn, round) while reading the blind (or the other) votes' part of
+    the covering index in order, with no sort; per CnR model too (one lookup per turn and round)."""
     for versus in ("original", "previous"):
-        sql = str(_patterns(versus).compile(engine, compile_kwargs={"literal_binds": True}))
-        with engine.connect() as c:
-            plan = [row[-1] for row in c.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
-        assert "SCAN votes USING COVERING INDEX ix_votes_turn_id_high_round_left_round_right_round_high_score" in plan
-        assert sum("TEMP B-TREE FOR GROUP BY" in step for step in plan) == 1  # only over the few patterns
+        for blind in (True, False):
+            for by_model in (False, True):
+                sql = str(_patterns(versus, blind, by_model).compile(engine, compile_kwargs={"literal_binds": True}))
+                with engine.connect() as c:
+                    plan = [row[-1] for row in c.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+                assert "SEARCH votes USING COVERING INDEX ix_votes_stats (blind=?)" in plan
+                assert sum("TEMP B-TREE FOR GROUP BY" in step for step in plan) == 1  # only over the few patterns
+
+
+def test_blind_votes_and_the_others_are_counted_apart(engine: Engine) -> None:
+    t1, t2 = make_turns(engine, 2)
+    add_votes(engine, [(t1, 1, 0, "left"), (t2, 0, 1, "left")])  # the Arena: round 1 wins one, loses one
+    add_votes(engine, [(t1, 0, 1, "right"), (t1, 1, 0, "left"), (t2, 2, 1, "left")], blind=False)  # the panel
+    [blind] = vote_win_rates(engine, n_boot=200)
+    assert (blind.round, blind.wins, blind.losses, blind.units) == (1, 1, 1, 2)
+    [panel] = vote_win_rates(engine, blind=False, n_boot=200)
+    assert (panel.round, panel.wins, panel.losses, panel.units) == (1, 2, 0, 1)
+    assert [r.round for r in vote_win_rates(engine, "previous", blind=False, n_boot=200)] == [1, 2]
+    assert [r.round for r in vote_win_rates(engine, "previous", n_boot=200)] == [1]
+
+
+def test_win_rates_per_cnr_model_and_models_head_to_head(engine: Engine) -> None:
+    from db.stats import model_head_to_head, model_name, vote_win_rates_by_model
+    from db.store import record_round, record_vote
+    from refine.events import RoundDone
+
+    def turn(model: str, adapter: str | None) -> int:
+        t = record_turn(engine, prompt="q", answer="a", model="m", backend="local")
+        for k in (1, 2):
+            record_round(engine, t, RoundDone(round=k, model=model, critique="c", revision=f"{model} {k}",
+                                              status="complete"), adapter=adapter)
+        return t
+
+    plain, tuned, other = turn("cnr", None), turn("cnr", "/srv/models/adapters/v2"), turn("big-cnr", None)
+    for i, (t, left, right, choice) in enumerate([(plain, 0, 1, "right"), (tuned, 1, 0, "right"),
+                                                   (tuned, 0, 2, "right"), (other, 2, 0, "tie")]):
+        record_vote(engine, turn_id=t, left_round=left, right_round=right, choice=choice, key=f"b{i}", blind=True)
+    record_vote(engine, turn_id=plain, left_round=1, right_round=0, choice="left", key="panel")  # not blind
+    # two models' revision 1 of the same answer, in the Arena: "cnr + v2" beats "big-cnr" twice
+    record_vote(engine, turn_id=tuned, left_round=1, right_turn_id=other, right_round=1, choice="left",
+                key="x1", blind=True)
+    record_vote(engine, turn_id=other, left_round=1, right_turn_id=tuned, right_round=1, choice="right",
+                key="x2", blind=True)
+    record_vote(engine, turn_id=other, left_round=2, right_turn_id=plain, right_round=2, choice="both_bad",
+                key="x3", blind=True)
+
+    by_model = vote_win_rates_by_model(engine, n_boot=200)
+    assert model_name("cnr", "/srv/models/adapters/v2") == "cnr + v2"  # not the server's path
+    assert model_name("cnr", "org/adapter") == "cnr + org/adapter"
+    assert sorted(by_model) == ["big-cnr", "cnr", "cnr + v2"]
+    assert [(r.round, r.wins, r.losses) for r in by_model["cnr"]] == [(1, 1, 0)]  # the panel's vote is apart
+    assert [(r.round, r.wins, r.losses) for r in by_model["cnr + v2"]] == [(1, 0, 1), (2, 1, 0)]
+    assert [(r.round, r.ties) for r in by_model["big-cnr"]] == [(2, 1)]
+    assert vote_win_rates_by_model(engine, blind=False, n_boot=200)["cnr"][0].wins == 1
+    # votes across two turns are not any round's win rate against the original
+    assert sum(r.n for rates in by_model.values() for r in rates) == 4
+
+    first, second = model_head_to_head(engine, n_boot=200)
+    assert (first.first, first.second, first.rate.round) == ("big-cnr", "cnr", 2)
+    assert (first.rate.both_bad, first.rate.n) == (1, 0)
+    assert (second.first, second.second, second.rate.round) == ("big-cnr", "cnr + v2", 1)
+    assert (second.rate.wins, second.rate.losses, second.rate.units, second.rate.rate) == (0, 2, 1, 0.0)
 
 
 def naive_bootstrap(scores: np.ndarray, counts: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:

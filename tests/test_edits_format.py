@@ -207,3 +207,21 @@ async def test_an_edits_round_whose_edits_all_miss_is_rejected_unchanged() -> No
     done = [e for e in events if isinstance(e, RoundDone)]
     assert [(d.status, d.rejection) for d in done] == [("rejected", "unchanged")]
     assert events[-1].final == ANSWER
+
+
+def test_the_page_says_which_models_adapter_and_format_and_what_to_expect_of_the_embedded_model(
+        tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from refine.settings import Settings
+    from ui.context import AppContext
+
+    write_adapter_format(tmp_path, "edits")
+    model = SimpleNamespace(model_id="SmolLM2-135M-Instruct")
+    embedded = AppContext(Settings(cnr_adapter=str(tmp_path)), engine=None, base=model, cnr=model)  # type: ignore[arg-type]
+    line = embedded.models_line
+    assert f"**Adapter:** `{tmp_path.name}`" in line and "critique + edits of the answer" in line
+    assert "135M-parameter model on a CPU" in line and "often wrong" in line
+    remote = AppContext(Settings(cnr_backend="openai", cnr_url="http://127.0.0.1:9/v1", cnr_model="big"),
+                        engine=None, base=model, cnr=SimpleNamespace(model_id="big"))  # type: ignore[arg-type]
+    assert "on a CPU" not in remote.models_line and "critique + rewritten answer" in remote.models_line

@@ -99,13 +99,16 @@ def test_stats_of_votes_in_the_database(tmp_path: Path) -> None:
         turn = record_turn(engine, answer="Red.", model="m", backend="local", prompt="Name a colour.")
         for k in (1, 2):
             record_round(engine, turn, RoundDone(round=k, model="c", critique="c", revision=f"Red {k}.", status="complete"))
-        record_vote(engine, turn_id=turn, left_round=left, right_round=right, choice=choice, key=f"v{i}")
+        record_vote(engine, turn_id=turn, left_round=left, right_round=right, choice=choice, key=f"v{i}", blind=True)
+        # beside the panel (not blind): round 1 always wins there; counted apart
+        record_vote(engine, turn_id=turn, left_round=0, right_round=1, choice="right", key=f"p{i}")
     engine.dispose()
     result = CliRunner().invoke(main, ["stats", "--db", url, "--json", str(tmp_path / "votes.json")])
     assert result.exit_code == 0, result.output
     rounds = json.loads((tmp_path / "votes.json").read_text())["rounds"]
     assert [(r["series"], r["round"], r["wins"], r["ties"], r["losses"], r["both_bad"], r["win_rate"]) for r in rounds] == [
-        ("vs original", 1, 2, 1, 1, 0, 0.625), ("vs original", 2, 0, 0, 0, 1, None)]
+        ("vs original", 1, 2, 1, 1, 0, 0.625), ("vs original", 2, 0, 0, 0, 1, None),
+        ("vs original (not blind)", 1, 5, 0, 0, 0, 1.0)]
     assert "turns" in result.output.splitlines()[0] and "both bad" in result.output
 
 

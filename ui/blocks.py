@@ -7,6 +7,7 @@ from typing import Any
 import gradio as gr
 from starlette.middleware import Middleware
 
+from ui.arena import ArenaEvents
 from ui.chat_events import ChatEvents
 from ui.context import AppContext
 from ui.data_tab import DataEvents
@@ -30,6 +31,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         ui = build_layout(ctx)
         ChatEvents(ctx, ui).wire()
         VoteEvents(ctx, ui).wire(STORE_LIMIT)
+        ArenaEvents(ctx, ui.arena).wire(STORE_LIMIT)
         FeedbackEvents(ctx, ui).wire(STORE_LIMIT)
         StatsEvents(ctx, ui).wire()
         data = DataEvents(ctx, ui)

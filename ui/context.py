@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from sqlalchemy import Engine
 
 from db.recorder import EventRecorder
 from db.store import hash_voter
-from refine.backends import cnr_adapter, cnr_few_shot
+from refine.backends import cnr_adapter, cnr_few_shot, cnr_format
 from refine.backends.base import Backend, Message
 from refine.loop import MAX_ROUNDS, LoopConfig
-from refine.revise import loop_config
+from refine.revise import embedded_cnr, loop_config
 from refine.selection import Selector
 from refine.settings import Settings
 from ui.exports import ExportStore
@@ -34,6 +35,9 @@ def model_context(backend: object) -> int | None:
         if backend is None:
             return None
     return None
+
+
+FORMAT_NAMES = {"rewrite": "critique + rewritten answer", "edits": "critique + edits of the answer"}
 
 
 @dataclass(frozen=True)
@@ -108,9 +112,20 @@ class AppContext:
 
     @property
     def models_line(self) -> str:
+        """Which models, adapter and CnR format are in use — and, on the embedded default, what
+        to expect of a 135M-parameter model on a CPU."""
         mode = " (few-shot)" if cnr_few_shot(self.settings) else ""
         base, cnr = public_message(self.base.model_id), public_message(self.cnr.model_id)
-        return f"**Base model:** `{base}` · **Critique-and-revise model:** `{cnr}`{mode}"
+        adapter = cnr_adapter(self.settings)
+        fmt = cnr_format(self.settings)
+        line = (f"**Base model:** `{base}` · **Critique-and-revise model:** `{cnr}`{mode}"
+                + (f" · **Adapter:** `{Path(adapter).name}`" if adapter else "")
+                + f" · **Format:** {FORMAT_NAMES[fmt]}")
+        if embedded_cnr(self.settings):
+            line += ("\n\n*This demo runs a 135M-parameter model on a CPU: a turn takes a while, and its "
+                     "critiques are often wrong. A revision replaces the answer only when it passes the "
+                     "acceptance checks; otherwise the answer is kept and the panel says why.*")
+        return line
 
     def loop_config(self, controls: Controls) -> LoopConfig:
         """The loop settings of one turn: the defaults with the user's controls on top."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from ui.arena import ArenaLayout, build_arena
 from ui.context import AppContext
 from ui.render import STATS_HEADERS
 from ui.safety import public_message, shown_as_text
@@ -14,11 +15,13 @@ from ui.session import ChatSession, VoteState
 INTRO = (
     "# Refine\n"
     "Ask something: the base model answers, then a small *critique-and-revise* model writes what is "
-    "wrong with the answer and rewrites it, round after round. Then tell us which version is better."
+    "wrong with the answer and revises it, round after round. Then tell us which version is better."
 )
 CSS = """
 #vote-left, #vote-right { min-height: 6em; }
 #vote-left button[aria-label="Clear"], #vote-right button[aria-label="Clear"] { display: none; }
+#arena-prompt button[aria-label="Clear"], #arena-left button[aria-label="Clear"],
+#arena-right button[aria-label="Clear"] { display: none; }
 .refine-banner { border: 1px solid var(--color-accent); border-radius: 8px; padding: 0 1em; }
 /* The panel's revisions as changes (ui/diff.py): inserted and deleted words, and each round's edits. */
 #panel .refine-diff { white-space: pre-wrap; }
@@ -66,6 +69,7 @@ class Layout:
     stats_summary: gr.Markdown
     stats_plot: gr.Image
     stats_table: gr.Dataframe
+    stats_details: gr.Markdown  # the votes that are not blind, and CnR models head to head
     data_token: gr.Textbox | None
     data_button: gr.Button | None
     data_links: gr.Markdown | None
@@ -73,6 +77,7 @@ class Layout:
     chat_state: gr.State
     vote_state: gr.State
     pending: gr.State  # a prompt taken from the box, on its way to the turn
+    arena: ArenaLayout
 
     @property
     def controls(self) -> list[gr.components.Component]:
@@ -136,8 +141,9 @@ def _side(ctx: AppContext, elem_id: str) -> gr.Chatbot:
 
 def _voting(ctx: AppContext) -> dict:
     with gr.Column(visible=False, elem_id="vote-box") as vote_box:
-        gr.Markdown("### Which answer is better?\nThe two versions are shown in random order; "
-                    "you learn which is which after voting.")
+        gr.Markdown("### Which answer is better?\nThe two versions are shown in random order; you learn which is "
+                    "which after voting. This vote is not blind (the Refinement panel names the versions) and is "
+                    "counted apart; the Arena tab asks for blind votes.")
         pair = gr.Dropdown(label="Compare", choices=[], interactive=True, elem_id="vote-pair")
         with gr.Row(equal_height=True):
             with gr.Column():
@@ -175,15 +181,18 @@ def _feedback() -> dict:
 
 def _statistics() -> dict:
     with gr.Tab("Statistics", id="stats", elem_id="stats-tab") as stats_tab:
-        gr.Markdown("Win rate of each round's revision against the original answer, from the blind votes "
-                    "(ties count half; 95% bootstrap confidence intervals over turns).")
+        gr.Markdown("Win rate of each round's revision against the original answer, per critique-and-revise "
+                    "model, from the blind votes of the Arena (ties count half; 95% bootstrap confidence intervals "
+                    "over turns). Votes cast beside the Refinement panel are not blind: they are shown apart, "
+                    "below the table.")
         stats_refresh = gr.Button("Refresh", elem_id="stats-refresh")
         stats_summary = gr.Markdown(elem_id="stats-summary")
         stats_plot = gr.Image(label="Win rate vs round", type="pil", interactive=False, elem_id="stats-plot",
                               buttons=["download"])
         stats_table = gr.Dataframe(headers=STATS_HEADERS, interactive=False, elem_id="stats-table")
+        stats_details = gr.Markdown(elem_id="stats-details")
     return dict(stats_tab=stats_tab, stats_refresh=stats_refresh, stats_summary=stats_summary,
-                stats_plot=stats_plot, stats_table=stats_table)
+                stats_plot=stats_plot, stats_table=stats_table, stats_details=stats_details)
 
 
 def _data(ctx: AppContext) -> dict:
@@ -224,6 +233,7 @@ def build_layout(ctx: AppContext) -> Layout:
             parts |= _controls(ctx)
             parts |= _voting(ctx)
             parts |= _feedback()
+        parts["arena"] = build_arena(ctx)
         parts |= _statistics()
         parts |= _data(ctx)
     return Layout(**parts, chat_state=gr.State(ChatSession()), vote_state=gr.State(VoteState()),

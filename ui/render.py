@@ -8,8 +8,10 @@ text may contain markup, but never runs script.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
+from db.stats import HeadToHead
 from refine.acceptance import RULE_TEXT
 from refine.cnr_format import FORMAT_VERSIONS
 from refine.winrate import WinRate
@@ -196,17 +198,74 @@ def _pct(value: float) -> str:
     return "–" if math.isnan(value) else f"{100 * value:.1f}%"
 
 
-STATS_HEADERS = ["round", "win rate vs original", "95% CI", "wins", "ties", "losses", "both bad", "votes", "turns"]
+STATS_HEADERS = ["CnR model", "round", "win rate vs original", "95% CI", "wins", "ties", "losses", "both bad", "votes",
+                 "turns"]
+_RATE_HEADERS = ["round", "win rate vs original", "95% CI", "wins", "ties", "losses", "both bad", "votes", "turns"]
 
 
 def stats_rows(rates: list[WinRate]) -> list[list[Any]]:
-    """Rows of the statistics table (ties count half; both-bad votes are left out of the rate)."""
+    """Rows of a statistics table (ties count half; both-bad votes are left out of the rate)."""
     return [[r.round, _pct(r.rate), f"{_pct(r.ci_low)} – {_pct(r.ci_high)}", r.wins, r.ties, r.losses,
              r.both_bad, r.n + r.both_bad, r.units] for r in rates]
 
 
-def stats_summary(rates: list[WinRate]) -> str:
-    votes = sum(r.n + r.both_bad for r in rates)
-    if not votes:
-        return "No votes yet: vote on a few answers in the Chat tab."
-    return f"**{votes}** vote(s) comparing a revision with the original answer."
+def model_stats_rows(by_model: dict[str, list[WinRate]]) -> list[list[Any]]:
+    """The statistics table's rows: each CnR model's rounds (the blind votes)."""
+    return [[public_message(model), *row] for model, rates in by_model.items() for row in stats_rows(rates)]
+
+
+def _votes(rates: list[WinRate]) -> int:
+    return sum(r.n + r.both_bad for r in rates)
+
+
+def stats_summary(blind: dict[str, list[WinRate]], not_blind: list[WinRate], head_to_head: Sequence[HeadToHead] = ()) -> str:
+    """What the statistics rest on: the blind votes (the Arena; the headline) and, counted
+    apart, the votes cast beside the Refinement panel, which names the versions."""
+    blind_votes = sum(_votes(rates) for rates in blind.values())
+    other_votes = _votes(not_blind)
+    across = sum(h.rate.n + h.rate.both_bad for h in head_to_head)
+    if not (blind_votes or other_votes or across):
+        return "No votes yet: judge a few pairs in the Arena tab (blind votes), or vote beside an answer in the Chat tab."
+    lines = [f"**{blind_votes}** blind vote(s) from the Arena comparing a revision with the original answer: the plot "
+             "and the table." if blind_votes else
+             "No blind votes comparing a revision with the original answer yet: judge a few pairs in the Arena tab."]
+    if other_votes:
+        lines.append(f"**{other_votes}** vote(s) cast beside the Refinement panel comparing a revision with the "
+                     "original answer: not blind (the panel names the versions), so counted apart, below the table.")
+    if across:
+        lines.append(f"**{across}** blind vote(s) between two critique-and-revise models: below the table.")
+    return "\n\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    return "\n".join(["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+                      *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows)])
+
+
+def code_span(name: str) -> str:
+    """A model name for the app's Markdown: without a server's address, in a code span."""
+    return "`" + " ".join(public_message(name).replace("`", "'").split()) + "`"
+
+
+def stats_details(not_blind: list[WinRate], head_to_head: Sequence[HeadToHead], outcomes: str = "") -> str:
+    """Below the table: the votes that are not blind, the CnR models head to head (blind), and
+    what became of the rounds."""
+    parts = []
+    if not_blind:
+        parts.append("#### Not blind: votes beside the Refinement panel\n\nThe panel above these votes names the "
+                     "versions, so they may lean towards the later one; they are not in the plot's blind lines or "
+                     "the table above.\n\n" + markdown_table(_RATE_HEADERS, stats_rows(not_blind)))
+    if head_to_head:
+        rows = [[code_span(h.first), code_span(h.second), *stats_rows([h.rate])[0]] for h in head_to_head]
+        parts.append("#### Critique-and-revise models head to head (blind)\n\nThe same answer revised by two "
+                     "models, compared in the Arena: the first model's win rate against the second's, at the same "
+                     "round (95% CI over prompts).\n\n"
+                     + markdown_table(["first", "second", "round", "first's win rate", "95% CI", "wins", "ties",
+                                       "losses", "both bad", "votes", "prompts"], rows))
+    if outcomes:
+        parts.append(f"#### What became of the rounds\n\n{outcomes}")
+    return "\n\n".join(parts)

@@ -1,4 +1,5 @@
-"""The Statistics tab: win rate of each round against the original answer, from the votes."""
+"""The Statistics tab: win rate of each round against the original answer per CnR model, from
+the blind votes (the Arena); the votes cast beside the Refinement panel, apart."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from db.stats import round_outcomes, vote_win_rates
+from db.stats import model_head_to_head, round_outcomes, vote_win_rates, vote_win_rates_by_model
 from refine.outcomes import tally
 from refine.winrate import save_plot
 from ui.context import AppContext
 from ui.layout import Layout
-from ui.render import stats_rows, stats_summary
+from ui.render import model_stats_rows, stats_details, stats_summary
+from ui.safety import public_message
 
 CACHE_S = 30.0  # statistics are recomputed at most this often (and after each vote stored here)
 
@@ -59,22 +61,30 @@ class StatsEvents:
         return {**result, self.ui.stats_plot: str(path)}
 
     def refresh(self) -> dict[Any, Any]:
-        """Recompute the win rates (bootstrap CIs), redraw the plot and the table, and count what
-        became of the rounds (accepted, rejected by rule, failed, …)."""
-        rates = vote_win_rates(self.ctx.engine, "original")
-        outcomes = tally(round_outcomes(self.ctx.engine)).markdown()
+        """Recompute the win rates (bootstrap CIs) from the blind votes per CnR model, and apart
+        from the votes that are not blind and the models head to head; redraw the plot and the
+        table, and count what became of the rounds (accepted, rejected by rule, failed, …)."""
+        engine = self.ctx.engine
+        blind = vote_win_rates_by_model(engine, "original", blind=True)
+        not_blind = vote_win_rates(engine, "original", blind=False)
+        head_to_head = model_head_to_head(engine)
+        outcomes = tally(round_outcomes(engine)).markdown()
+        series = {f"{public_message(model)} · blind": rates for model, rates in blind.items()}
+        if not_blind:
+            series["not blind (beside the panel)"] = not_blind
         with tempfile.TemporaryDirectory(prefix="refine-plot-") as folder:
-            path = save_plot({"revision vs original": rates}, Path(folder) / "winrate.png",
+            path = save_plot(series or {"revision vs original": []}, Path(folder) / "winrate.png",
                              title="Win rate of each round's revision vs the original")
             with Image.open(path) as image:
                 plot = image.copy()
         ui = self.ui
-        summary = stats_summary(rates) + (f"\n\n#### What became of the rounds\n\n{outcomes}" if outcomes else "")
-        return {ui.stats_summary: summary, ui.stats_plot: plot, ui.stats_table: stats_rows(rates)}
+        return {ui.stats_summary: stats_summary(blind, not_blind, head_to_head), ui.stats_plot: plot,
+                ui.stats_table: model_stats_rows(blind),
+                ui.stats_details: stats_details(not_blind, head_to_head, outcomes)}
 
     def wire(self) -> None:
         ui = self.ui
-        outputs = [ui.stats_summary, ui.stats_plot, ui.stats_table]
+        outputs = [ui.stats_summary, ui.stats_plot, ui.stats_table, ui.stats_details]
         common = dict(concurrency_id="stats", concurrency_limit=2, show_progress="minimal")
         ui.stats_refresh.click(self.statistics, None, outputs, api_name="statistics", **common)
         ui.stats_tab.select(self.statistics, None, outputs, api_visibility="private", **common)

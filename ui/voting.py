@@ -1,5 +1,6 @@
-"""Blind side-by-side voting on the last turn: which comparison is on screen, the vote buttons,
-and storing a vote (one per comparison per session, idempotent)."""
+"""Side-by-side voting on the last turn: which comparison is on screen, the vote buttons, and
+storing a vote (one per comparison per session, idempotent). Stored as not blind: the
+Refinement panel above names the versions (the Arena tab, ui/arena.py, asks for blind votes)."""
 
 from __future__ import annotations
 
@@ -89,8 +90,9 @@ class VoteEvents:
             return vote_area(ui, state)
         voter = self.ctx.voter(session)
         try:
+            # Not blind: the Refinement panel above names the versions (the Arena's votes are blind).
             record_vote(self.ctx.engine, turn_id=state.turn_id, left_round=state.left, right_round=state.right,
-                        choice=choice, key=vote_key(voter, state.turn_id, state.pair), voter_hash=voter)
+                        choice=choice, key=vote_key(voter, state.turn_id, state.pair), voter_hash=voter, blind=False)
         except InvalidInput as exc:
             return {ui.reveal: f"⚠️ Your vote was not saved: {exc}"}
         except SQLAlchemyError:

