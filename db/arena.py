@@ -97,9 +97,10 @@ def _within_turns() -> Any:
 
 def _across_models(connection: Connection) -> list[tuple[Kind, int, int, int, int]]:
     """Every pair of two turns with the same prompt and base answer, revised by two different CnR
-    models (model or adapter), at the same round k that both accepted: ("models", turn_a, k,
-    turn_b, k). The database groups the turns by their texts (a sort; no pairwise comparison);
-    the few turns that share them are paired here."""
+    models (model or adapter), at the same round k that both accepted, with texts that differ
+    (but for case and white space): ("models", turn_a, k, turn_b, k). The database groups the
+    turns by their texts (a sort; no pairwise comparison); the few turns that share them are
+    paired here."""
     t, r = Turn.__table__.c, Round.__table__
     revised = select(r.c.turn_id).where(_accepted(r))
     groups = (select(func.aggregate_strings(cast(t.id, String), ",").label("ids"))
@@ -110,17 +111,18 @@ def _across_models(connection: Connection) -> list[tuple[Kind, int, int, int, in
     if not turn_groups:
         return []
     members = [turn for group in turn_groups for turn in group]
-    rounds: dict[int, dict[int, tuple[str, str | None]]] = {}
+    rounds: dict[int, dict[int, tuple[str, str | None, str]]] = {}  # turn -> k -> (model, adapter, text)
     for start in range(0, len(members), 500):
-        statement = (select(r.c.turn_id, r.c.round_index, r.c.model, r.c.adapter)
+        statement = (select(r.c.turn_id, r.c.round_index, r.c.model, r.c.adapter, r.c.revision)
                      .where(_accepted(r), r.c.turn_id.in_(members[start:start + 500])))
         for row in connection.execute(statement):
-            rounds.setdefault(row.turn_id, {})[row.round_index] = (row.model, row.adapter)
+            rounds.setdefault(row.turn_id, {})[row.round_index] = (row.model, row.adapter, normalize(row.revision))
     found: list[tuple[Kind, int, int, int, int]] = []
     for group in turn_groups:
         for first, second in combinations(group, 2):
             a, b = rounds.get(first, {}), rounds.get(second, {})
-            found += [("models", first, k, second, k) for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
+            found += [("models", first, k, second, k) for k in sorted(a.keys() & b.keys())
+                      if a[k][:2] != b[k][:2] and a[k][2] != b[k][2]]  # other model, other text
     return found
 
 

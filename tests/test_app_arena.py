@@ -14,8 +14,16 @@ import pytest
 from click.testing import CliRunner
 from gradio_client import Client
 
+from db.arena import ArenaPair
 from refine.cli import main as cli
-from tests.test_app_harness import RunningApp, Script, ScriptedServer, message_text, running_app, standin_settings
+from tests.test_app_harness import (
+    RunningApp,
+    Script,
+    ScriptedServer,
+    message_text,
+    running_app,
+    standin_settings,
+)
 
 PROMPTS = ["What is the capital of France?", "Name a prime number."]
 # What /arena_next and /arena_vote_* return (ArenaLayout.outputs without the row, button and state)
@@ -108,3 +116,26 @@ def test_a_pair_from_a_revise_run_is_voted_blind_then_revealed(app: RunningApp) 
     assert f"**{blind}** blind vote(s) from the Arena" in summary and "**1** vote(s) cast beside" in summary
     assert table["headers"][:2] == ["CnR model", "round"] and {row[0] for row in table["data"]} == {"standin"}
     assert "Not blind" in details and "What became of the rounds" in details
+
+
+def test_the_reveal_and_the_statistics_name_models_only_inside_code_spans() -> None:
+    from db.arena import Side
+    from refine.winrate import WinRate
+    from ui.arena import ArenaState, reveal_text
+    from ui.render import stats_details, stats_summary
+
+    hostile = "cnr`<img src=x onerror=alert(1)>`\n# at http://10.0.0.5:8080/v1"
+    pair = ArenaPair("models", Side(1, 2, "a", hostile, "/srv/adapters/v2"), Side(2, 2, "b", "base-cnr"), [])
+    text = reveal_text(ArenaState(pair=pair, a_left=False, voted="both_bad"))
+    assert text.startswith("Thanks, your vote (**both bad**) is saved.")
+    assert "**A** was revision 2 by the critique-and-revise model `base-cnr`." in text
+    b = text.split("**B** was ", 1)[1]
+    assert b.count("`") == 2 and "10.0.0.5" not in b and "\n" not in b.strip() and "+ v2`" in b  # one code span
+
+    rate = WinRate(1, 3, 1, 1, 1, 5, 4, 0.7, 0.4, 0.9)
+    assert stats_summary({}, []).startswith("No votes yet")
+    summary = stats_summary({}, [rate])
+    assert summary.startswith("No blind votes") and "**6** vote(s) cast beside the Refinement panel" in summary
+    assert stats_summary({"cnr": [rate]}, []).startswith("**6** blind vote(s) from the Arena")
+    details = stats_details([rate], [], "")
+    assert details.startswith("#### Not blind") and "| 1 | 70.0% | 40.0% – 90.0% | 3 | 1 | 1 | 1 | 6 | 4 |" in details

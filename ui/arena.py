@@ -102,8 +102,11 @@ def build_arena(ctx: AppContext) -> ArenaLayout:
             }
         reveal = gr.Markdown(elem_id="arena-reveal")
         next_ = gr.Button("Show a pair", elem_id="arena-next")
+        # Inside the tab: a State between two tabs shifts the tabs' order on the page, and the next
+        # tab's button then shows twice once it is opened (Gradio 6.31).
+        state = gr.State(ArenaState())
     return ArenaLayout(tab=tab, prompt=prompt, left=left, right=right, vote_row=vote_row, buttons=buttons,
-                       reveal=reveal, next=next_, state=gr.State(ArenaState()))
+                       reveal=reveal, next=next_, state=state)
 
 
 def version_text(side: Side) -> str:
@@ -120,12 +123,13 @@ def reveal_text(state: ArenaState) -> str:
             f"**A** was {version_text(a)}.\n\n**B** was {version_text(b)}.")
 
 
-def arena_view(ui: ArenaLayout, state: ArenaState, note: str | None = None) -> dict[Any, Any]:
-    """Every Arena output for `state`; `note` replaces the text under the buttons."""
+def arena_view(ui: ArenaLayout, state: ArenaState) -> dict[Any, Any]:
+    """Every Arena output for `state`: the pair (or why there is none), the vote buttons until
+    the vote, the reveal after it."""
     if state.pair is None:
         empty = ALL_JUDGED if state.judged else NOTHING_YET
         return {ui.prompt: [], ui.left: [], ui.right: [], ui.vote_row: gr.Row(visible=False),
-                ui.reveal: note or empty, ui.next: gr.Button("Look again"), ui.state: state}
+                ui.reveal: empty, ui.next: gr.Button("Look again"), ui.state: state}
     a, b = state.sides
     open_ = state.voted is None
     return {
@@ -133,7 +137,7 @@ def arena_view(ui: ArenaLayout, state: ArenaState, note: str | None = None) -> d
         ui.left: exact([{"role": "assistant", "content": a.text}]),
         ui.right: exact([{"role": "assistant", "content": b.text}]),
         ui.vote_row: gr.Row(visible=open_),
-        ui.reveal: note or ("" if open_ else reveal_text(state)),
+        ui.reveal: "" if open_ else reveal_text(state),
         ui.next: gr.Button("Skip this pair" if open_ else "Next pair"),
         ui.state: state,
     }
