@@ -181,6 +181,8 @@ def apply_edit(text: str, edit: Edit) -> tuple[str, Edit]:
         new = edit.text.strip()
         if not new and before.endswith(" ") and (after.startswith((" ", ",", ".", ";", ":", "!", "?")) or not after):
             before = before[:-1]  # a deleted span does not leave a double space
+        elif not new and (not before or before.endswith("\n")):
+            after = after.lstrip(" \t")  # nor a line starting with a space
         return before + new + after, replace(edit, applied=True)
     insert = edit.text.strip()
     glue = "" if insert[:1] in ",.;:!?)" else " "

@@ -225,3 +225,10 @@ def test_the_page_says_which_models_adapter_and_format_and_what_to_expect_of_the
     remote = AppContext(Settings(cnr_backend="openai", cnr_url="http://127.0.0.1:9/v1", cnr_model="big"),
                         engine=None, base=model, cnr=SimpleNamespace(model_id="big"))  # type: ignore[arg-type]
     assert "on a CPU" not in remote.models_line and "critique + rewritten answer" in remote.models_line
+
+
+def test_deleting_the_first_sentence_of_a_line_leaves_no_leading_space() -> None:
+    text, _ = apply_edits("Of course! Here it is.\nOf course! Step two.", [Edit("replace", "Of course! Here", "Here")])
+    assert text == "Here it is.\nOf course! Step two."
+    text, _ = apply_edits("Sure. Here it is.\nNext. Step two.", [Edit("replace", "Sure.", ""), Edit("replace", "Next.", "")])
+    assert text == "Here it is.\nStep two."
