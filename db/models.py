@@ -191,7 +191,9 @@ class Vote(Base):
 
 
 class Feedback(Base):
-    """A user's written critique and/or edited answer for one version of a turn's answer."""
+    """A user's written critique and/or edited answer for one version of a turn's answer.
+    `key` (db.store.feedback_key: the turn, the version and both texts) makes the same feedback
+    saved twice one record; NULL only on a duplicate stored before it existed."""
 
     __tablename__ = "feedback"
     __table_args__ = (
@@ -205,4 +207,5 @@ class Feedback(Base):
     critique: Mapped[str | None] = mapped_column(Text)
     edited_answer: Mapped[str | None] = mapped_column(Text)
     voter_hash: Mapped[str | None] = mapped_column(String(128))
+    key: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.models import Round, Vote
-from refine.winrate import WinRate, win_rate
+from refine.winrate import WinRate, vote_ci, win_rate
 
 Versus = Literal["original", "previous"]
 
@@ -74,7 +74,7 @@ def _rates(rows: list, n_boot: int, seed: int, level: float) -> list[WinRate]:
         losses = [r.n - w - t for r, w, t in zip(group, wins, ties)]
         rate = win_rate(k, wins, ties, losses, weights=[r.turns for r in group],
                         n_boot=n_boot, seed=seed, level=level)
-        results.append(replace(rate, both_bad=int(sum(r.both_bad for r in group))))
+        results.append(vote_ci(replace(rate, both_bad=int(sum(r.both_bad for r in group)))))
     return results
 
 
@@ -82,7 +82,8 @@ def vote_win_rates(bind: Engine | Connection | Session, versus: Versus = "origin
                    n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> list[WinRate]:
     """For each round k with votes, the win rate of round k against the original answer
     (`versus="original"`) or against round k−1 (`"previous"`), whichever side it was shown
-    on; ties count half, both-bad votes are counted apart; bootstrap CI over turns. From the
+    on; ties count half, both-bad votes are counted apart; bootstrap CI over turns (none, NaN, below
+    refine.winrate.MIN_VOTES comparisons). From the
     blind votes (the Arena) by default, or with `blind=False` from the votes cast beside the
     Refinement panel, which names the versions: the two are never mixed."""
     return _rates(_rows(bind, _patterns(versus, blind)), n_boot, seed, level)
@@ -110,7 +111,7 @@ def vote_win_rates_by_model(bind: Engine | Connection | Session, versus: Versus 
 @dataclass(frozen=True)
 class HeadToHead:
     """Blind votes between two CnR models' revision `rate.round` of the same prompt's answer:
-    `rate` is `first`'s win rate against `second` (bootstrap CI over prompts)."""
+    `rate` is `first`'s win rate against `second` (bootstrap CI over prompts; none below MIN_VOTES)."""
 
     first: str
     second: str
@@ -146,8 +147,8 @@ def model_head_to_head(bind: Engine | Connection | Session, *, n_boot: int = 200
     results = []
     for (first, second, k), units in sorted(counts.items()):
         wins, ties, losses, both_bad = (list(column) for column in zip(*units.values()))
-        results.append(HeadToHead(first, second, win_rate(k, wins, ties, losses, both_bad, n_boot=n_boot,
-                                                           seed=seed, level=level)))
+        results.append(HeadToHead(first, second, vote_ci(win_rate(k, wins, ties, losses, both_bad, n_boot=n_boot,
+                                                                   seed=seed, level=level))))
     return results
 
 

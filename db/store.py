@@ -7,6 +7,7 @@ raises `InvalidInput` and leaves the database untouched.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any, get_args
 
@@ -301,10 +302,19 @@ def record_vote(engine: Engine, *, turn_id: int, left_round: int, right_round: i
         return row
 
 
-def record_feedback(engine: Engine, *, turn_id: int, round_index: int, critique: str | None = None,
-                    edited_answer: str | None = None, voter_hash: str | None = None) -> int:
+def feedback_key(turn_id: int, round_index: int, critique: str | None, edited_answer: str | None) -> str:
+    """The identity of a feedback record: the turn, the version and both texts as stored (the
+    same feedback saved twice has the same key; migration 0008 keeps its own copy of this)."""
+    data = json.dumps([turn_id, round_index, critique, edited_answer], ensure_ascii=False)
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def save_feedback(engine: Engine, *, turn_id: int, round_index: int, critique: str | None = None,
+                  edited_answer: str | None = None, voter_hash: str | None = None) -> tuple[int, bool]:
     """Store a user's written critique and/or edited answer of version `round_index` of a
-    turn's answer (0 = the base answer); returns the feedback id. Blank texts count as absent."""
+    turn's answer (0 = the base answer); returns (feedback id, whether it is new). Blank texts
+    count as absent. Idempotent: the same texts on the same version of the same turn are one
+    record (the first one's voter is kept), whoever saves them and however often."""
     index = _round_number("round_index", round_index)
     critique = _text("critique", critique, optional=True)
     edited_answer = _text("edited_answer", edited_answer, optional=True)
@@ -314,15 +324,34 @@ def record_feedback(engine: Engine, *, turn_id: int, round_index: int, critique:
         raise InvalidInput("feedback needs a critique or an edited answer")
     _text("voter_hash", voter_hash, MAX_KEY_CHARS, optional=True)
     _turn_id(turn_id)
-    with write_session(engine) as session:
-        problem = _missing_version(session.connection(), turn_id, index, index)
-        if problem:
-            raise problem
-        row = Feedback(turn_id=turn_id, round_index=index, critique=critique, edited_answer=edited_answer,
-                       voter_hash=voter_hash)
-        session.add(row)
-        session.flush()
-        return row.id
+    key = feedback_key(turn_id, index, critique, edited_answer)
+    try:
+        with write_session(engine) as session:
+            stored = session.scalar(select(Feedback.id).where(Feedback.key == key))
+            if stored is not None:
+                return stored, False
+            problem = _missing_version(session.connection(), turn_id, index, index)
+            if problem:
+                raise problem
+            row = Feedback(turn_id=turn_id, round_index=index, critique=critique, edited_answer=edited_answer,
+                           voter_hash=voter_hash, key=key)
+            session.add(row)
+            session.flush()
+            return row.id, True
+    except IntegrityError:
+        # Another writer stored the same feedback between our check and insert (PostgreSQL).
+        with session_factory(engine)() as session:
+            stored = session.scalar(select(Feedback.id).where(Feedback.key == key))
+        if stored is None:
+            raise
+        return stored, False
+
+
+def record_feedback(engine: Engine, *, turn_id: int, round_index: int, critique: str | None = None,
+                    edited_answer: str | None = None, voter_hash: str | None = None) -> int:
+    """`save_feedback`, returning only the feedback id (the stored one for feedback saved before)."""
+    return save_feedback(engine, turn_id=turn_id, round_index=round_index, critique=critique,
+                         edited_answer=edited_answer, voter_hash=voter_hash)[0]
 
 
 def versions(engine: Engine, turn_id: int) -> dict[int, str]:

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(512, ge=1, le=32768)
     cnr_max_new_tokens: int = Field(768, ge=1, le=32768)
+    base_context: int | None = Field(None, ge=1, description="The base model's context window in tokens (caps the "
+                                     "token sliders); empty = a local model's config or a TGI server's /info")
+    cnr_context: int | None = Field(None, ge=1, description="The same for the critique-and-revise model")
     repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="Local backend, CnR role: penalty on "
                                       "tokens the generation already wrote (the prompt is exempt, so a revision may copy the answer)")
     no_repeat_ngram_size: int = Field(0, ge=0, le=64, description="Local backend: forbid repeating any n-gram of this "

@@ -18,7 +18,8 @@ from refine.judging.stats import RoundSummary
 def vote_summaries(db_url: str | None, *, n_boot: int, seed: int) -> list[RoundSummary]:
     """Per-round win rates of the stored votes, vs the original and vs the previous round (from
     round 2: round 1's previous answer is the original): the blind votes (the app's Arena), then,
-    apart, the votes cast beside the app's Refinement panel ("not blind": it names the versions)."""
+    apart, the votes cast beside the app's Refinement panel ("not blind": it names the versions). A
+    round with fewer than refine.winrate.MIN_VOTES votes gets no CI ("too few votes")."""
     from db import open_database
     from db.stats import vote_win_rates
     from refine.settings import Settings
@@ -84,7 +85,8 @@ def command(file: Path | None, verdicts: Path | None, db_url: str | None, fmt: s
             values: str | None, out_dir: Path | None, plot: Path | None, json_path: Path | None, title: str | None,
             n_boot: int, seed: int) -> None:
     """Win rate of each round against the original (and the previous round), ties counted
-    half, with bootstrap 95% CIs over prompts (verdicts) or turns (votes).
+    half, with bootstrap 95% CIs over prompts (verdicts) or turns (votes; a round with fewer
+    than 10 votes gets none: "too few votes").
 
     \b
     Sources (one of):

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 _MAX_CELLS = 4_000_000  # bootstrap draws held in memory at once
+# The fewest comparisons (wins + ties + losses) of one cell — a round, per CnR model or pair of
+# models — for which vote statistics give a confidence interval: a bootstrap over a handful of
+# votes says nothing ("0.0% – 0.0%" from 2 votes). Below it the CI is left out and the tables say
+# there are too few votes. The one rule for the app's Statistics tab and `refine stats --db`.
+MIN_VOTES = 10
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,21 @@ def win_rate(round: int, wins: ArrayLike, ties: ArrayLike, losses: ArrayLike,
                    ci_high=high, **total)
 
 
+def too_few_votes(rate: WinRate) -> bool:
+    """Whether a cell has votes, but fewer than MIN_VOTES comparisons: no CI for it."""
+    return rate.n < MIN_VOTES and (rate.n > 0 or rate.both_bad > 0)
+
+
+def too_few_text(n: int) -> str:
+    """What a statistics table says instead of a CI from `n` < MIN_VOTES comparisons."""
+    return f"too few votes ({n} of {MIN_VOTES})"
+
+
+def vote_ci(rate: WinRate) -> WinRate:
+    """The rate as vote statistics report it: without a CI (NaN) below MIN_VOTES comparisons."""
+    return replace(rate, ci_low=math.nan, ci_high=math.nan) if rate.n < MIN_VOTES else rate
+
+
 def _pct(value: float) -> str:
     return "—" if math.isnan(value) else f"{100 * value:.1f}%"
 
@@ -116,7 +136,8 @@ def save_plot(series: Mapping[str, Sequence[WinRate]], path: str | Path, *, titl
         rounds.update(r.round for r in points)
         x = np.array([r.round for r in points], dtype=float) + offset
         y = np.array([r.rate for r in points])
-        err = np.array([[r.rate - r.ci_low for r in points], [r.ci_high - r.rate for r in points]])
+        # a point without a CI (too few votes) is drawn without error bars
+        err = np.nan_to_num(np.array([[r.rate - r.ci_low for r in points], [r.ci_high - r.rate for r in points]]))
         ax.errorbar(x, y, yerr=err if points else None, marker="o", capsize=4, label=label)
     if rounds:
         ax.set_xticks(sorted(rounds))

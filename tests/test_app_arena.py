@@ -138,4 +138,7 @@ def test_the_reveal_and_the_statistics_name_models_only_inside_code_spans() -> N
     assert summary.startswith("No blind votes") and "**6** vote(s) cast beside the Refinement panel" in summary
     assert stats_summary({"cnr": [rate]}, []).startswith("**6** blind vote(s) from the Arena")
     details = stats_details([rate], [], "")
-    assert details.startswith("#### Not blind") and "| 1 | 70.0% | 40.0% – 90.0% | 3 | 1 | 1 | 1 | 6 | 4 |" in details
+    # 5 votes: too few for a CI (refine.winrate.MIN_VOTES)
+    assert details.startswith("#### Not blind") and "| 1 | 70.0% | too few votes (5 of 10) | 3 | 1 | 1 | 1 | 6 | 4 |" in details
+    more = WinRate(1, 8, 2, 2, 1, 12, 9, 0.75, 0.5, 0.9)
+    assert "| 1 | 75.0% | 50.0% – 90.0% | 8 | 2 | 2 | 1 | 13 | 9 |" in stats_details([more], [], "")

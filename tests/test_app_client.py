@@ -16,9 +16,18 @@ import pytest
 from gradio_client import Client
 
 from tests.test_app_harness import (
-    OUT_CHAT, OUT_PANEL, RunningApp, Script, ScriptedServer, message_text, panel_text,
-    running_app, standin_settings, wait_for,
+    OUT_CHAT,
+    OUT_PANEL,
+    RunningApp,
+    Script,
+    ScriptedServer,
+    message_text,
+    panel_text,
+    running_app,
+    standin_settings,
+    wait_for,
 )
+from ui.context import REGENERATE_TEMPERATURE
 
 ADMIN = "s3cret-admin-token"
 
@@ -130,9 +139,40 @@ def test_multi_turn_conversation_sees_earlier_turns_and_regenerate_adds_a_turn(
 
     regenerated = run_turn(c, "", api="/regenerate")[-1]
     assert len(regenerated[OUT_CHAT]) == 4
+    # at the default temperature 0 the same answer would come again: Regenerate samples it (the
+    # critique and revision keep the user's temperature)
+    second = [r.json for r in server.requests_to("/v1/chat/completions")
+              if r.json["messages"][-1]["content"] == "Second message"]
+    assert [r["temperature"] for r in second] == [0.0, REGENERATE_TEMPERATURE]
+    cnr = [r.json for r in server.requests_to("/v1/chat/completions")
+           if "Second message" in r.json["messages"][-1]["content"] and r.json["messages"][-1]["content"] != "Second message"]
+    assert cnr and {r["temperature"] for r in cnr} == {0.0}
+    hot = c.submit(api_name="/regenerate", temperature=0.3)
+    hot.result(timeout=60)
+    assert [r.json["temperature"] for r in server.requests_to("/v1/chat/completions")
+            if r.json["messages"][-1]["content"] == "Second message"][-1] == 0.3  # the user's, when above 0
     rows = app.rows("SELECT conversation_id, position FROM turns WHERE prompt IN ('First message', 'Second message') "
                     "ORDER BY id")
-    assert len({conv for conv, _ in rows}) == 1 and [pos for _, pos in rows] == [0, 1, 2]
+    assert len({conv for conv, _ in rows}) == 1 and [pos for _, pos in rows] == [0, 1, 2, 3]
+
+
+def test_the_conversation_continues_from_the_version_the_visitor_chose(app: RunningApp, server: ScriptedServer) -> None:
+    c = client(app)
+    run_turn(c, "Keep my original")
+    chat = c.predict("0", api_name="/continue_from")  # the original answer, not revision 2
+    assert message_text(chat[-1]) == "You said: Keep my original"
+    run_turn(c, "And then?")
+    history = [r.json for r in server.requests_to("/v1/chat/completions")
+               if r.json["messages"][-1]["content"] == "And then?"][-1]["messages"]
+    assert history[1] == {"role": "assistant", "content": "You said: Keep my original"}
+    stored = json.loads(app.rows("SELECT messages FROM turns WHERE prompt = 'And then?'")[0][0])
+    assert stored[1]["content"] == "You said: Keep my original"  # the stored turn says what it continued from
+    # a revision that is not the latest: revision 1 of the second turn
+    assert message_text(c.predict("1", api_name="/continue_from")[-1]) == "You said: And then? (revised)"
+    run_turn(c, "Third")
+    history = [r.json for r in server.requests_to("/v1/chat/completions")
+               if r.json["messages"][-1]["content"] == "Third"][-1]["messages"]
+    assert [m["content"] for m in history[1::2]] == ["You said: Keep my original", "You said: And then? (revised)"]
 
 
 def test_bad_input_gets_a_clear_message_and_nothing_is_stored(app: RunningApp) -> None:
@@ -191,6 +231,10 @@ def test_feedback_statistics_and_admin_exports(app: RunningApp, tmp_path: Path) 
     assert status.startswith("Saved your critique and improved answer")
     stored = app.rows("SELECT round_index, critique, edited_answer FROM feedback")
     assert (2, "It should mention Paris.", "Paris is the capital of France.") in stored
+    # saving the same feedback again stores nothing more, and says so
+    again = c.predict("2", "It should mention Paris.", "Paris is the capital of France.", api_name="/feedback")[0]
+    assert "already saved" in again
+    assert app.rows("SELECT COUNT(*) FROM feedback WHERE critique = 'It should mention Paris.'") == [(1,)]
 
     summary, plot, table, details = c.predict(api_name="/statistics")
     votes = app.rows("SELECT COUNT(*) FROM votes WHERE 0 IN (left_round, right_round)")[0][0]

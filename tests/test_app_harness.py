@@ -13,6 +13,7 @@ prompt steer it:
   [slow]       0.2 s between tokens (time to press Stop)
   [fix]        the critique says "Nothing to fix." (refinement stops early)
   [busy]       the server answers 429 (overloaded), as vLLM/TGI do when full
+  [lines]      round 1's revision adds three lines (versions of different heights)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ CHAT_PATH = "/v1/chat/completions"
 RESPONSE_MARK = "Response to improve:\n"
 # Positions of the outputs of /respond and /regenerate as gradio_client returns them (states
 # are not part of the API).
-OUT_CHAT, OUT_PANEL = 0, 1
+OUT_CHAT, OUT_PANEL, OUT_PROGRESS = 0, 1, 2
 
 
 def words(text: str) -> list[str]:
@@ -88,7 +89,8 @@ class Script:
         if asks_for_edits(body):
             return "cnr", words(f"Critique: Round {k} critique of the answer.\nReplace: You said:\nWith: You asked:"
                                 "\nAppend: (revised)")
-        return "cnr", words(f"Critique: Round {k} critique of the answer.\nRevision: {response} (revised)")
+        added = "\nAdded line one\nAdded line two\nAdded line three" if "[lines]" in prompt and k == 1 else ""
+        return "cnr", words(f"Critique: Round {k} critique of the answer.\nRevision: {response} (revised){added}")
 
     def reply(self, request: Recorded) -> Reply:
         body = request.json

@@ -210,6 +210,28 @@ def test_chat_session_keeps_refined_answers_for_later_turns_and_skips_failed_one
     assert prompt == "Q2" and len(earlier.exchanges) == 1 and earlier.conversation_id == 7
 
 
+def test_the_visitor_picks_the_version_later_turns_continue_from() -> None:
+    from ui.continuation import choices, current
+
+    view = TurnView()
+    for event in [BaseDone(text="Original.", model="m"), RoundStart(1, "c"),
+                  RoundDone(round=1, model="c", critique="c", revision="Better.", status="complete"),
+                  RoundStart(2, "c"),
+                  RoundDone(round=2, model="c", critique="fine", revision="Better.", status="complete",
+                            nothing_to_fix=True),
+                  TurnDone(final="Better.", rounds_completed=2, stop_reason="max_rounds")]:
+        view.apply(event)
+    session = ChatSession().after("Hi", view, conversation_id=1)
+    # round 2 found nothing to fix: the same text is not offered twice; the latest is the default
+    assert choices(session) == [("Original answer", "0"), ("Revision 1 (latest)", "1")]
+    assert current(session) == "1" and session.exchanges[-1].answer == "Better."
+    original = session.continue_from(0)
+    assert original.exchanges[-1].shown == original.exchanges[-1].answer == "Original."
+    assert original.conversation("Next")[1] == {"role": "assistant", "content": "Original."}
+    assert current(original) == "0"
+    assert original.continue_from(7) is original  # no such version: nothing changes
+
+
 def test_votes_compare_distinct_versions_in_random_order_once_per_pair() -> None:
     view = _view(BaseDone("A", "base"), RoundStart(1, "m"), _done(1, "B"), RoundStart(2, "m"), _done(2, "b "))
     assert comparable_pairs(view.versions()) == [(0, 2), (0, 1)]  # 1 and 2 read the same
@@ -236,6 +258,15 @@ def test_stats_rows_count_both_bad_votes_too() -> None:
 
     rate = win_rate(1, [2], [1], [1], [1])
     assert stats_rows([rate])[0][0] == 1 and stats_rows([rate])[0][-2] == 5
+
+
+def test_a_round_with_too_few_votes_says_so_instead_of_a_confidence_interval() -> None:
+    from refine.winrate import MIN_VOTES, vote_ci, win_rate
+
+    few = vote_ci(win_rate(1, [0, 0], [0, 0], [1, 1]))  # 2 votes once gave "0.0% – 0.0%"
+    assert stats_rows([few])[0][1:3] == ["0.0%", f"too few votes (2 of {MIN_VOTES})"]
+    enough = vote_ci(win_rate(1, [1, 0] * 5, [0] * 10, [0, 1] * 5))
+    assert "–" in stats_rows([enough])[0][2] and "too few" not in stats_rows([enough])[0][2]
 
 
 async def test_snapshots_batch_more_tokens_but_show_each_new_part_at_once(engine: Engine) -> None:

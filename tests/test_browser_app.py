@@ -1,7 +1,11 @@
 """The app in a real browser (Debian's chromium, driven by Playwright, headless): a user types a
 prompt, watches round 1's critique appear before its revision, votes, and sees the vote counted
 in the Statistics tab; model output and user text carrying HTML/script stay inert; in the Arena,
-a visitor judges a pair from a stored `revise` run blind and learns which was which after."""
+a visitor judges a pair from a stored `revise` run blind and learns which was which after; an
+empty Send changes nothing; the vote sides start at the top and keep line breaks; the token
+sliders stop at the models' context windows; the progress line moves through the phases; a
+waiting visitor sees their message and place in line; the conversation continues from the
+original answer when the visitor chooses it."""
 
 from __future__ import annotations
 
@@ -234,3 +238,159 @@ def test_an_arena_vote_on_a_stored_revise_run_is_blind_and_revealed_after(
     page.get_by_role("tab", name="Statistics").click()
     page.wait_for_function("() => document.querySelector('#stats-summary').textContent.includes('blind')")
     context.close()
+
+
+def test_an_empty_send_changes_nothing(page: Any, app: RunningApp) -> None:
+    send(page, "Keep this turn")
+    wait_turn_end(page)
+    page.wait_for_selector("#vote-box", state="visible")
+    page.click("#feedback-box")  # open the feedback form and start writing
+    page.fill("#feedback-critique textarea", "a draft critique")
+    panel, turns = page.inner_text("#panel"), app.rows("SELECT COUNT(*) FROM turns")
+    for action in ("#send", "enter"):
+        page.fill("#prompt textarea", "   ")
+        page.press("#prompt textarea", "Enter") if action == "enter" else page.click("#send")
+        page.wait_for_timeout(500)
+        assert page.inner_text("#panel") == panel  # the last turn's Refinement panel stays
+        assert page.input_value("#feedback-critique textarea") == "a draft critique"  # the form too
+        assert page.is_visible("#vote-box") and page.is_visible("#send") and not page.is_visible("#stop")
+    assert app.rows("SELECT COUNT(*) FROM turns") == turns
+
+
+def test_the_vote_sides_start_at_the_top_keep_line_breaks_and_regenerate_says_it_samples(
+        page: Any, app: RunningApp) -> None:
+    send(page, "First line\nsecond line [lines]")  # each revision adds three lines: the sides differ in height
+    wait_turn_end(page)
+    page.wait_for_selector("#vote-box", state="visible")
+    page.wait_for_function("() => document.querySelector('#vote-left').textContent.includes('You said')")
+    boxes = page.evaluate("""() => ['#vote-left', '#vote-right'].map(s => {
+      const box = document.querySelector(s).getBoundingClientRect();
+      const text = document.querySelector(s + ' .message-row').getBoundingClientRect();
+      return {top: box.top, height: box.height, textTop: text.top};
+    })""")
+    left, right = boxes
+    assert left["top"] == right["top"] and left["textTop"] == right["textTop"], boxes  # no gap above either
+    assert left["height"] == right["height"], boxes  # the shorter side fills its column
+    sides = {page.inner_text("#vote-left"), page.inner_text("#vote-right")}
+    original = next(t for t in sides if "Added" not in t)
+    final = next(t for t in sides if "Added" in t)
+    assert original.splitlines()[:2] == ["You said: First line", "second line [lines]"]
+    assert [line for line in final.splitlines() if line.startswith("Added")] == [
+        "Added line one", "Added line two", "Added line three (revised)"]  # round 2 appended its mark
+    title = page.get_attribute("#regenerate", "title")
+    assert "sampled" in title and "temperature 0.7" in title
+
+
+def test_the_token_sliders_stop_at_the_models_context_windows(browser: Any, tmp_path: Path) -> None:
+    """A TGI base model's window comes from its /info once a page is served; the CnR model's
+    (an OpenAI-compatible server, which has no /info) from REFINE_CNR_CONTEXT."""
+    from tests.standin_servers import tgi_server
+
+    with tgi_server(max_total_tokens=300) as tgi, ScriptedServer(Script(delay=0)) as openai:
+        settings = standin_settings(openai.url, tmp_path / "refine.db", base_backend="tgi", base_url=tgi.url,
+                                    cnr_backend="openai", cnr_url=openai.url, cnr_context=200,
+                                    max_new_tokens=512, cnr_max_new_tokens=768)
+        with running_app(settings) as running:
+            context = browser.new_context(viewport={"width": 1400, "height": 1100})
+            page = context.new_page()
+            page.goto(running.url)
+            page.get_by_text("Refinement settings").click()
+            page.wait_for_function("() => document.querySelector('#max-new-tokens input[type=range]')?.max === '300'")
+            limits = page.evaluate("""() => ['#max-new-tokens', '#cnr-max-new-tokens'].map(s => {
+              const range = document.querySelector(s + ' input[type=range]');
+              return [range.max, range.value];
+            })""")
+            assert limits == [["300", "300"], ["200", "200"]]  # the settings' 512 and 768 capped too
+            assert running.ctx.max_new_tokens("base") == 300  # the handler checks the same limit
+            context.close()
+
+
+# Records each new text of the progress line under the chat.
+WATCH_PROGRESS = """() => {
+  window.__progress = [];
+  new MutationObserver(() => {
+    const el = document.querySelector('#progress [data-testid=markdown]');  // not Gradio's (hidden) status text
+    const text = el ? el.innerText.trim() : '';
+    if (text && window.__progress[window.__progress.length - 1] !== text) window.__progress.push(text);
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def test_the_progress_line_moves_through_the_phases(page: Any) -> None:
+    page.evaluate(WATCH_PROGRESS)
+    send(page, "Show me your progress please")
+    wait_turn_end(page)
+    page.wait_for_function("() => document.querySelector('#progress [data-testid=markdown]').textContent.includes('Done in')")
+    seen = page.evaluate("window.__progress")
+    phases = []
+    for text in seen:
+        phase = text.split(" · ")[0]
+        if phase not in phases:
+            phases.append(phase)
+    assert phases[:5] == ["✍️ Writing the answer", "🔍 Critique 1 of 2", "✏️ Revision 1 of 2", "🔍 Critique 2 of 2",
+                          "✏️ Revision 2 of 2"], seen
+    assert all(" so far" in text for text in seen[:-1]), seen  # each with the time it has taken
+    assert seen[-1].startswith("Done in 0:0") and "tokens/s" in seen[-1], seen
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    """The app generating one turn at a time (as with a model in its own process)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with ScriptedServer(Script(delay=0.03)) as server:
+        db_file = tmp_path_factory.mktemp("browser-line") / "refine.db"
+        with running_app(standin_settings(server.url, db_file, concurrency=1)) as running:
+            yield running
+
+
+def test_a_waiting_visitor_sees_their_message_and_their_place_in_line(browser: Any,
+                                                                       one_at_a_time: RunningApp) -> None:
+    first, second = (browser.new_context(viewport={"width": 1400, "height": 1100}) for _ in range(2))
+    pages = []
+    for context in (first, second):
+        page = context.new_page()
+        page.goto(one_at_a_time.url)
+        page.wait_for_selector("#prompt textarea")
+        pages.append(page)
+    busy, waiting = pages
+    send(busy, "Take your time [slow]")
+    busy.wait_for_function("() => document.querySelector('#progress [data-testid=markdown]').textContent.includes('Writing the answer')")
+    send(waiting, "My question waits")
+    waiting.wait_for_function("() => document.querySelector('#progress [data-testid=markdown]').textContent.includes('in line')")
+    place = waiting.inner_text("#progress [data-testid=markdown]")
+    assert "Your message is 1st in line: 1 turn is being answered" in place, place
+    chat = waiting.inner_text("#chat")
+    assert "My question waits" in chat and "1st in line" in chat  # the message stays on screen meanwhile
+    waiting.wait_for_function("() => /Waiting 0:0[2-9]/.test(document.querySelector('#progress [data-testid=markdown]').textContent)")
+    assert one_at_a_time.rows("SELECT COUNT(*) FROM turns WHERE prompt = 'My question waits'") == [(0,)]
+
+    busy.click("#stop")  # the first turn ends: the waiting one starts at once
+    waiting.wait_for_function("() => document.querySelector('#progress [data-testid=markdown]').textContent.includes('Writing the answer')"
+                              " || document.querySelector('#progress [data-testid=markdown]').textContent.includes('Critique')")
+    wait_turn_end(waiting)
+    assert "You said: My question waits" in waiting.inner_text("#chat")
+    for context in (first, second):
+        context.close()
+
+
+def test_the_visitor_continues_from_the_original_answer(page: Any, app: RunningApp) -> None:
+    import json
+
+    send(page, "Keep the original one")
+    wait_turn_end(page)
+    page.wait_for_selector("#continue-from", state="visible")
+    assert page.input_value("#continue-from input") == "Revision 2 (latest)"  # by default, the latest accepted
+    assert page.inner_text("#chat").strip().endswith("You said: Keep the original one (revised) (revised)")
+    page.click("#continue-from input")
+    page.get_by_role("option", name="Original answer").click()
+    page.wait_for_function("() => document.querySelector('#chat').innerText.trim()"
+                           ".endsWith('You said: Keep the original one')")
+    send(page, "What next?")
+    page.wait_for_function("() => document.querySelector('#chat').innerText.includes('You said: What next?')")
+    wait_turn_end(page)
+    stored = json.loads(app.rows("SELECT messages FROM turns WHERE prompt = 'What next?'")[0][0])
+    assert [m["content"] for m in stored] == ["Keep the original one", "You said: Keep the original one",
+                                              "What next?"]  # the next turn continued from the original
+    chat = page.inner_text("#chat")
+    assert "You said: Keep the original one\n" in chat + "\n" and "(revised) (revised)\n\nWhat next?" not in chat

@@ -128,7 +128,7 @@ def case(id: str, command: str, *expect: str, env: dict[str, str] | None = None,
 
 
 REVISE = "revise --output {missing_out_ok} --cnr-adapter none"
-NEWER_MESSAGE = ("was written by a newer version of Refine (revision 0005, unknown to this one, whose newest is 0007); "
+NEWER_MESSAGE = ("was written by a newer version of Refine (revision 0005, unknown to this one, whose newest is 0008); "
                  "upgrade Refine")
 
 TABLE: list[Case] = [

@@ -104,7 +104,7 @@ def test_tables_export_as_jsonl_and_csv(engine: Engine, data: dict[str, int], tm
     assert turns_jsonl[0]["created_at"].endswith("+00:00")
     assert [json.loads(x)["key"] for x in (tmp_path / "votes.jsonl").read_text("utf-8").splitlines()] == ["ключ"]
     assert (tmp_path / "feedback.csv").read_text().splitlines() == [
-        "id,turn_id,round_index,critique,edited_answer,voter_hash,created_at"]
+        "id,turn_id,round_index,critique,edited_answer,voter_hash,key,created_at"]
     assert len((tmp_path / "rounds.csv").read_text().splitlines()) == 4
 
     existing = tmp_path / "votes.jsonl"

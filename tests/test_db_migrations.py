@@ -41,6 +41,7 @@ VALUES (1, 1, 1, 0, 'left', 'k1', 'h1', '2026-01-01 11:00:00'),
        (5, 2, 0, 1, 'both_bad', 'k5', NULL, '2026-01-01 11:00:04');
 """
 TABLES = ("conversations", "turns", "rounds", "votes")
+HEAD = "0008"
 ADDED_LATER = {"finish_reason", "thinking", "rejection", "candidates",  # by 0005a, NULL on old rows
                "cnr_format", "edits",  # by 0006
                "right_turn_id"}  # by 0007
@@ -69,7 +70,7 @@ def test_first_revision_upgrades_to_head_with_rows_intact(engine: Engine) -> Non
     before = dump(engine)
 
     upgrade(engine)
-    assert current(engine) == head() == "0007"
+    assert current(engine) == head() == HEAD
     after = dump(engine)
     for table in TABLES:
         assert [{k: v for k, v in row.items() if not k.startswith("high_") and k not in ADDED_LATER | NOT_BLIND}
@@ -145,7 +146,7 @@ def test_0006_adds_round_format_and_edits_and_downgrades_without_them(engine: En
     after = dump(engine)
     assert {t: rows[:len(before[t])] for t, rows in after.items()} == before
     upgrade(engine)
-    assert current(engine) == "0007"
+    assert current(engine) == HEAD
     with engine.connect() as c:
         assert c.execute(text("SELECT cnr_format, edits FROM rounds WHERE turn_id = :t"), {"t": turn}).one() == (
             None, None)
@@ -192,10 +193,39 @@ def test_0007_adds_blind_votes_and_votes_across_turns_and_downgrades_without_the
                            " created_at) VALUES (1, 1, 1, 1, 2, 'right', 'bad', '2026-01-01')"))
     after = dump(engine)
     assert {t: rows[:len(before[t])] for t, rows in after.items()} == before
-    upgrade(engine)
+    upgrade(engine, "0007")
     assert current(engine) == "0007"
     with engine.connect() as c:  # what was blind before the downgrade is no longer known
         assert c.execute(text("SELECT blind FROM votes WHERE key = 'b1'")).scalar_one() == 0
+
+
+def test_0008_keys_feedback_so_the_same_feedback_is_stored_once(engine: Engine) -> None:
+    from db.store import feedback_key, save_feedback
+
+    upgrade(engine, "0001")
+    with engine.begin() as c:
+        for statement in OLD_ROWS.split(";"):
+            if statement.strip():
+                c.execute(text(statement))
+    upgrade(engine, "0007")
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO feedback (id, turn_id, round_index, critique, edited_answer, voter_hash, created_at)"
+                       " VALUES (1, 1, 2, 'Too long.', NULL, 'h1', '2026-01-02'), (2, 1, 2, 'Too long.', NULL, 'h1',"
+                       " '2026-01-02'), (3, 1, 0, NULL, 'Hi.', NULL, '2026-01-03')"))  # 1 and 2: saved twice
+    upgrade(engine, "0008")
+    with engine.connect() as c:
+        rows = c.execute(text("SELECT id, key FROM feedback ORDER BY id")).all()
+    # every row stays; the first of the two identical ones gets the key, the duplicate none
+    assert rows == [(1, feedback_key(1, 2, "Too long.", None)), (2, None), (3, feedback_key(1, 0, None, "Hi."))]
+    assert save_feedback(engine, turn_id=1, round_index=2, critique="Too long.") == (1, False)
+    assert save_feedback(engine, turn_id=1, round_index=1, critique="Too long.")[1] is True
+    with engine.connect() as c, pytest.raises(Exception, match="UNIQUE constraint failed: feedback.key"):
+        c.execute(text("INSERT INTO feedback (turn_id, round_index, critique, key, created_at) "
+                       "VALUES (1, 0, 'x', :key, '2026-01-04')"), dict(key=rows[0][1]))
+    downgrade(engine, "0007")
+    with engine.connect() as c:
+        assert "key" not in {row[1] for row in c.execute(text("PRAGMA table_info(feedback)"))}
+        assert c.execute(text("SELECT COUNT(*) FROM feedback")).scalar_one() == 4
 
 
 def test_downgrade_and_upgrade_again_keep_votes(engine: Engine) -> None:
@@ -227,14 +257,14 @@ def test_db_commands_upgrade_and_report_from_any_folder(tmp_path: Path, monkeypa
     runner = CliRunner()
     result = runner.invoke(cli, ["db", "current", "--db", url])
     assert result.exit_code == 0, result.output
-    assert "empty (head: 0007, needs `python -m refine db upgrade`)" in result.output
+    assert f"empty (head: {HEAD}, needs `python -m refine db upgrade`)" in result.output
     result = runner.invoke(cli, ["db", "upgrade", "--db", url, "--revision", "0002"])
     assert result.exit_code == 0 and "empty -> 0002" in result.output, result.output
     monkeypatch.setenv("REFINE_DATABASE_URL", url)  # the settings' URL is the default
     result = runner.invoke(cli, ["db", "upgrade"])
-    assert result.exit_code == 0 and "0002 -> 0007" in result.output, result.output
+    assert result.exit_code == 0 and f"0002 -> {HEAD}" in result.output, result.output
     result = runner.invoke(cli, ["db", "current"])
-    assert "0007 (head: 0007, up to date)" in result.output
+    assert f"{HEAD} (head: {HEAD}, up to date)" in result.output
 
 
 def test_processes_starting_together_upgrade_one_after_another(tmp_path: Path) -> None:

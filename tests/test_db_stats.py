@@ -12,10 +12,19 @@ from sqlalchemy.orm import Session
 
 from db import open_database
 from db.engine import write_session
-from db.models import Round, Turn, Vote
+from db.models import Round, Vote
 from db.stats import _patterns, vote_win_rates
 from db.store import record_turn
-from refine.winrate import WinRate, bootstrap_ci, render_table, save_plot, win_rate
+from refine.winrate import (
+    MIN_VOTES,
+    WinRate,
+    bootstrap_ci,
+    render_table,
+    save_plot,
+    too_few_text,
+    too_few_votes,
+    win_rate,
+)
 
 
 @pytest.fixture
@@ -107,6 +116,23 @@ def test_a_round_with_only_both_bad_votes_has_no_rate(engine: Engine) -> None:
     assert (r.both_bad, r.n, r.units) == (2, 0, 0)
     assert math.isnan(r.rate) and math.isnan(r.ci_low) and math.isnan(r.ci_high)
     assert "—" in render_table([r])
+
+
+def test_below_the_minimum_count_a_round_has_a_rate_but_no_confidence_interval(engine: Engine) -> None:
+    """2 votes gave "0.0% – 0.0%": below MIN_VOTES comparisons there is no CI, in the per-round,
+    per-model and head-to-head statistics alike; from MIN_VOTES on there is one."""
+    from db.stats import vote_win_rates_by_model
+
+    turns = make_turns(engine, MIN_VOTES)
+    add_votes(engine, [(turns[0], 0, 1, "left"), (turns[1], 1, 0, "right")])
+    [r] = vote_win_rates(engine, n_boot=200)
+    assert (r.n, r.rate) == (2, 0.0) and math.isnan(r.ci_low) and math.isnan(r.ci_high)
+    assert too_few_votes(r) and too_few_text(r.n) == f"too few votes (2 of {MIN_VOTES})"
+    [by_model] = vote_win_rates_by_model(engine, n_boot=200)["c"]
+    assert math.isnan(by_model.ci_low)
+    add_votes(engine, [(t, 0, 1, "right" if i % 2 else "left") for i, t in enumerate(turns[2:])])
+    [r] = vote_win_rates(engine, n_boot=200)
+    assert r.n == MIN_VOTES and not too_few_votes(r) and 0.0 <= r.ci_low <= r.rate <= r.ci_high <= 1.0
 
 
 def test_session_and_connection_work_like_the_engine(engine: Engine) -> None:

@@ -165,6 +165,24 @@ def test_feedback_is_stored_and_invalid_feedback_refused(engine: Engine, turn: i
     assert counts(engine) == before
 
 
+def test_the_same_feedback_saved_twice_is_one_record(engine: Engine, turn: int) -> None:
+    from db.store import save_feedback
+
+    first = save_feedback(engine, turn_id=turn, round_index=2, critique="Say 4.", edited_answer="4", voter_hash="a")
+    assert first[1] is True
+    # the same turn, version and texts: the stored record, nothing written (another voter too)
+    assert save_feedback(engine, turn_id=turn, round_index=2, critique="Say 4.", edited_answer="4") == (first[0], False)
+    assert record_feedback(engine, turn_id=turn, round_index=2, critique="Say 4.", edited_answer="4",
+                           voter_hash="b") == first[0]
+    # a different text or another version is new feedback
+    other_text = save_feedback(engine, turn_id=turn, round_index=2, critique="Say four.", edited_answer="4")
+    other_version = save_feedback(engine, turn_id=turn, round_index=1, critique="Say 4.", edited_answer="4")
+    assert other_text[1] and other_version[1] and len({first[0], other_text[0], other_version[0]}) == 3
+    with engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(Feedback)).scalar_one() == 3
+        assert c.execute(select(Feedback.voter_hash).where(Feedback.id == first[0])).scalar_one() == "a"
+
+
 def test_invalid_turns_and_rounds_are_refused(engine: Engine, turn: int) -> None:
     before = counts(engine)
     for kwargs, message in [

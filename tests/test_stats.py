@@ -110,6 +110,10 @@ def test_stats_of_votes_in_the_database(tmp_path: Path) -> None:
         ("vs original", 1, 2, 1, 1, 0, 0.625), ("vs original", 2, 0, 0, 0, 1, None),
         ("vs original (not blind)", 1, 5, 0, 0, 0, 1.0)]
     assert "turns" in result.output.splitlines()[0] and "both bad" in result.output
+    # 4 and 5 votes: too few for a CI (refine.winrate.MIN_VOTES), said in the table, null in the JSON
+    assert result.output.count("too few votes (4 of 10)") == 1 and "too few votes (5 of 10)" in result.output
+    assert all(r["ci_low"] is None for r in rounds)
+    assert "10 votes" in CliRunner().invoke(main, ["stats", "--help"]).output  # the help names MIN_VOTES
 
 
 # --- other tools' verdict files ------------------------------------------------------------------

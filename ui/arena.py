@@ -76,7 +76,8 @@ class ArenaLayout:
 
 def _answer(ctx: AppContext, elem_id: str) -> gr.Chatbot:
     return gr.Chatbot(show_label=False, elem_id=elem_id, layout="panel", height=None, min_height=96, max_height=560,
-                      buttons=[], feedback_options=None, autoscroll=False, allow_tags=shown_as_text(ctx.settings))
+                      buttons=[], feedback_options=None, autoscroll=False, line_breaks=True,
+                      allow_tags=shown_as_text(ctx.settings))
 
 
 def build_arena(ctx: AppContext) -> ArenaLayout:
@@ -88,10 +89,10 @@ def build_arena(ctx: AppContext) -> ArenaLayout:
                             allow_tags=shown_as_text(ctx.settings))
         with gr.Row(equal_height=True):
             with gr.Column():
-                gr.Markdown("**A**")
+                gr.Markdown("**A**", elem_classes="refine-side-label")
                 left = _answer(ctx, "arena-left")
             with gr.Column():
-                gr.Markdown("**B**")
+                gr.Markdown("**B**", elem_classes="refine-side-label")
                 right = _answer(ctx, "arena-right")
         with gr.Row(visible=False) as vote_row:
             buttons = {

@@ -17,24 +17,13 @@ from refine.selection import Selector
 from refine.settings import Settings
 from ui.exports import ExportStore
 from ui.limits import Limits
+from ui.model_limits import ContextWindows
 from ui.safety import public_message
 from ui.turns import ActiveTurns
+from ui.waiting import WaitingLine
 
 MAX_TOKENS = 32768
-
-
-def model_context(backend: object) -> int | None:
-    """The context window (tokens) of a backend's model where it is known without asking the
-    server: a local model's; None otherwise."""
-    for _ in range(4):  # through wrappers such as RetryingBackend
-        local = getattr(backend, "local", None)
-        context = getattr(local, "max_context", None)
-        if isinstance(context, int) and context > 0:
-            return context
-        backend = getattr(backend, "inner", None)
-        if backend is None:
-            return None
-    return None
+REGENERATE_TEMPERATURE = 0.7  # Regenerate samples the answer at this temperature when the setting is 0 (greedy)
 
 
 FORMAT_NAMES = {"rewrite": "critique + rewritten answer", "edits": "critique + edits of the answer"}
@@ -50,6 +39,13 @@ class Controls:
     max_new_tokens: int
     cnr_max_new_tokens: int
     select: str = "none"
+    answer_temperature: float | None = None  # the base answer's, when not `temperature` (Regenerate)
+
+    def regenerated(self) -> Controls:
+        """The controls of a regenerated answer: sampled, so that it can differ from the last
+        one (greedy decoding would give the same answer again): the user's temperature when it
+        is above 0, else REGENERATE_TEMPERATURE. The critique and revision keep `temperature`."""
+        return replace(self, answer_temperature=self.temperature if self.temperature > 0 else REGENERATE_TEMPERATURE)
 
     def check(self, max_rounds: int = MAX_ROUNDS, max_tokens: int = MAX_TOKENS,
               cnr_max_tokens: int | None = None) -> str | None:
@@ -81,11 +77,16 @@ class AppContext:
     selector: Selector | None = None  # the judge a user may ask to select revisions
     limits: Limits = field(init=False)
     exports: ExportStore = field(init=False)
+    contexts: ContextWindows = field(init=False)  # each model's context window, where known
+    line: WaitingLine = field(init=False)  # turns generate `generation_limit` at once, the others wait in line
     votes_stored: int = 0  # votes this process stored (the statistics' cache sees them at once)
 
     def __post_init__(self) -> None:
         self.limits = Limits(self.settings)
         self.exports = ExportStore(ttl_s=60 * self.settings.export_ttl_minutes)
+        self.line = WaitingLine(self.generation_limit, max_waiting=self.settings.queue_size)
+        self.contexts = ContextWindows({"base": self.base, "cnr": self.cnr},
+                                       {"base": self.settings.base_context, "cnr": self.settings.cnr_context})
 
     @property
     def max_rounds(self) -> int:
@@ -94,8 +95,9 @@ class AppContext:
 
     def max_new_tokens(self, role: str = "base") -> int:
         """The most new tokens a visitor may ask for: the visitor limit, within the model's
-        context window where the backend knows it (a local model; servers check their own)."""
-        context = model_context(self.base if role == "base" else self.cnr)
+        context window where it is known (ui.model_limits: the setting, a local model's config,
+        a TGI server's /info; other servers check their own)."""
+        context = self.contexts.get(role)
         return min(MAX_TOKENS, self.settings.visitor_max_new_tokens, *([context] if context else []))
 
     def selector_for(self, controls: Controls) -> Selector | None:
@@ -105,8 +107,8 @@ class AppContext:
     @property
     def generation_limit(self) -> int:
         """Turns generated at once: 1 when a model runs in this process (it generates one
-        at a time anyway, and the queue then shows people their place), else what the
-        remote servers are configured to take."""
+        at a time anyway; the others wait in `line`, which tells people their place), else
+        what the remote servers are configured to take."""
         s = self.settings
         return 1 if "local" in (s.base_backend, s.cnr_backend) else s.concurrency
 
@@ -133,7 +135,8 @@ class AppContext:
         return replace(
             default, rounds=controls.rounds, stop_early=controls.stop_early,
             base_params=replace(default.base_params, max_new_tokens=controls.max_new_tokens,
-                                temperature=controls.temperature),
+                                temperature=controls.temperature if controls.answer_temperature is None
+                                else controls.answer_temperature),
             cnr_params=replace(default.cnr_params, max_new_tokens=controls.cnr_max_new_tokens,
                                temperature=controls.temperature),
         )

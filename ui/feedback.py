@@ -10,7 +10,7 @@ import gradio as gr
 from sqlalchemy.exc import SQLAlchemyError
 
 from db.errors import InvalidInput
-from db.store import record_feedback
+from db.store import save_feedback
 from refine.cnr_format import normalize
 from ui.context import AppContext
 from ui.layout import Layout
@@ -46,7 +46,8 @@ class FeedbackEvents:
 
     def submit(self, value: str | None, critique: str, edited: str, state: VoteState,
                request: gr.Request) -> dict[Any, Any]:
-        """Store the feedback; an edit box left as it was counts as no edit."""
+        """Store the feedback; an edit box left as it was counts as no edit, and the same
+        feedback saved again is not stored again."""
         ui = self.ui
         refused = self.ctx.limits.request_refused(request)
         if refused:
@@ -62,14 +63,18 @@ class FeedbackEvents:
         if not (critique or "").strip() and edit is None:
             return {ui.fb_status: "Write a critique or change the answer first."}
         try:
-            record_feedback(self.ctx.engine, turn_id=state.turn_id, round_index=index, critique=critique or None,
-                            edited_answer=edit, voter_hash=self.ctx.voter(request.session_hash or ""))
+            _, new = save_feedback(self.ctx.engine, turn_id=state.turn_id, round_index=index,
+                                   critique=critique or None, edited_answer=edit,
+                                   voter_hash=self.ctx.voter(request.session_hash or ""))
         except InvalidInput as exc:
             return {ui.fb_status: f"⚠️ Not saved: {public_message(str(exc))}"}
         except SQLAlchemyError:
             log.exception("storing feedback failed")
             return {ui.fb_status: "⚠️ Your feedback could not be saved (database error); please try again."}
         kinds = " and ".join(k for k, v in (("critique", (critique or "").strip()), ("improved answer", edit)) if v)
+        if not new:  # the same feedback on the same version is stored once (db.store.save_feedback)
+            return {ui.fb_status: f"This {kinds} of {version_name(index, state.versions)} was already saved; "
+                                  "it is stored once.", ui.fb_critique: ""}
         return {ui.fb_status: f"Saved your {kinds} of {version_name(index, state.versions)}. Thank you!",
                 ui.fb_critique: ""}
 

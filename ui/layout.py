@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from refine.winrate import MIN_VOTES
 from ui.arena import ArenaLayout, build_arena
-from ui.context import AppContext
+from ui.context import REGENERATE_TEMPERATURE, AppContext
 from ui.render import STATS_HEADERS
 from ui.safety import public_message, shown_as_text
 from ui.session import ChatSession, VoteState
@@ -19,9 +20,14 @@ INTRO = (
 )
 CSS = """
 #vote-left, #vote-right { min-height: 6em; }
+/* The two sides of a comparison start at the top: the label above each side keeps its height, the
+   side fills the rest of its column (no gap above the shorter one). */
+.refine-side-label { flex-grow: 0 !important; }
 #vote-left button[aria-label="Clear"], #vote-right button[aria-label="Clear"] { display: none; }
 #arena-prompt button[aria-label="Clear"], #arena-left button[aria-label="Clear"],
 #arena-right button[aria-label="Clear"] { display: none; }
+#progress { min-height: 1.5em; color: var(--body-text-color-subdued); }
+#progress p { margin: 0; }
 .refine-banner { border: 1px solid var(--color-accent); border-radius: 8px; padding: 0 1em; }
 /* The panel's revisions as changes (ui/diff.py): inserted and deleted words, and each round's edits. */
 #panel .refine-diff { white-space: pre-wrap; }
@@ -38,6 +44,8 @@ class Layout:
     """Every component an event reads or writes."""
 
     chatbot: gr.Chatbot
+    progress: gr.Markdown  # where the turn is (ui.progress), or its place in line (ui.waiting)
+    continue_from: gr.Dropdown  # the version of the last answer the conversation continues from (ui.continuation)
     prompt: gr.Textbox
     send: gr.Button
     stop: gr.Button
@@ -96,6 +104,11 @@ class Layout:
 def _chat_column(ctx: AppContext) -> dict:
     chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chat", buttons=["copy"],
                          allow_tags=shown_as_text(ctx.settings), placeholder="Ask anything to start.")
+    continue_from = gr.Dropdown([], label="Continue the conversation from", visible=False, elem_id="continue-from",
+                                info="The chat shows this version of the last answer, and your next message "
+                                     "continues from it.",
+                                allow_custom_value=True)  # checked against the turn by the handler
+    progress = gr.Markdown(elem_id="progress", elem_classes="refine-progress")
     prompt = gr.Textbox(show_label=False, placeholder="Type a message and press Enter (Shift+Enter for a new line)",
                         lines=1, max_lines=10, elem_id="prompt")
     with gr.Row():
@@ -103,7 +116,8 @@ def _chat_column(ctx: AppContext) -> dict:
         stop = gr.Button("Stop", variant="stop", visible=False, elem_id="stop")
         regenerate = gr.Button("Regenerate", elem_id="regenerate")
         new_chat = gr.Button("New chat", elem_id="new-chat")
-    return dict(chatbot=chatbot, prompt=prompt, send=send, stop=stop, regenerate=regenerate, new_chat=new_chat)
+    return dict(chatbot=chatbot, continue_from=continue_from, progress=progress, prompt=prompt, send=send, stop=stop, regenerate=regenerate,
+                new_chat=new_chat)
 
 
 def _controls(ctx: AppContext) -> dict:
@@ -114,13 +128,17 @@ def _controls(ctx: AppContext) -> dict:
             rounds = gr.Slider(1, ctx.max_rounds, value=min(s.rounds, ctx.max_rounds), step=1, precision=0,
                                label="Rounds")
             stop_early = gr.Checkbox(value=s.stop_early, label="Stop early when there is nothing left to fix")
-            temperature = gr.Slider(0.0, 2.0, value=s.temperature, step=0.05, label="Temperature (0 = greedy)")
+            temperature = gr.Slider(0.0, 2.0, value=s.temperature, step=0.05, label="Temperature (0 = greedy)",
+                                    elem_id="temperature",
+                                    info=f"Regenerate samples its answer at {REGENERATE_TEMPERATURE:g} when this is 0.")
         with gr.Row():
             most, cnr_most = ctx.max_new_tokens("base"), ctx.max_new_tokens("cnr")
+            # Up to the model's context window (ui.model_limits), also when a page load learns it later.
             max_new_tokens = gr.Slider(1, most, value=min(s.max_new_tokens, most), step=1, precision=0,
-                                       label="Max new tokens · answer")
+                                       label="Max new tokens · answer", elem_id="max-new-tokens")
             cnr_max_new_tokens = gr.Slider(1, cnr_most, value=min(s.cnr_max_new_tokens, cnr_most), step=1,
-                                           precision=0, label="Max new tokens · critique + revision")
+                                           precision=0, label="Max new tokens · critique + revision",
+                                           elem_id="cnr-max-new-tokens")
         judge = public_message(ctx.selector.name) if ctx.selector else "no judge configured"
         select = gr.Radio([("Every sound revision", "none"), ("Only if the judge prefers it", "judge")],
                           value=s.select if ctx.selector else "none", interactive=ctx.selector is not None,
@@ -135,7 +153,7 @@ def _controls(ctx: AppContext) -> dict:
 def _side(ctx: AppContext, elem_id: str) -> gr.Chatbot:
     """One side of the blind comparison: the version's text, rendered as the chat renders it."""
     return gr.Chatbot(show_label=False, elem_id=elem_id, layout="panel", height=None, min_height=96,
-                      max_height=480, buttons=[], feedback_options=None, autoscroll=False,
+                      max_height=480, buttons=[], feedback_options=None, autoscroll=False, line_breaks=True,
                       allow_tags=shown_as_text(ctx.settings))
 
 
@@ -147,10 +165,10 @@ def _voting(ctx: AppContext) -> dict:
         pair = gr.Dropdown(label="Compare", choices=[], interactive=True, elem_id="vote-pair")
         with gr.Row(equal_height=True):
             with gr.Column():
-                gr.Markdown("**Left**")
+                gr.Markdown("**Left**", elem_classes="refine-side-label")
                 left = _side(ctx, "vote-left")
             with gr.Column():
-                gr.Markdown("**Right**")
+                gr.Markdown("**Right**", elem_classes="refine-side-label")
                 right = _side(ctx, "vote-right")
         with gr.Row() as vote_row:
             buttons = {
@@ -183,7 +201,7 @@ def _statistics() -> dict:
     with gr.Tab("Statistics", id="stats", elem_id="stats-tab") as stats_tab:
         gr.Markdown("Win rate of each round's revision against the original answer, per critique-and-revise "
                     "model, from the blind votes of the Arena (ties count half; 95% bootstrap confidence intervals "
-                    "over turns). Votes cast beside the Refinement panel are not blind: they are shown apart, "
+                    f"over turns, from {MIN_VOTES} votes on). Votes cast beside the Refinement panel are not blind: they are shown apart, "
                     "below the table.")
         stats_refresh = gr.Button("Refresh", elem_id="stats-refresh")
         stats_summary = gr.Markdown(elem_id="stats-summary")

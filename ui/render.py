@@ -14,7 +14,7 @@ from typing import Any
 from db.stats import HeadToHead
 from refine.acceptance import RULE_TEXT
 from refine.cnr_format import FORMAT_VERSIONS
-from refine.winrate import WinRate
+from refine.winrate import MIN_VOTES, WinRate, too_few_text, too_few_votes
 from ui.diff import diff_html, edits_html, edits_summary
 from ui.safety import public_message
 from ui.session import ChatSession, Pair, VoteState
@@ -203,9 +203,16 @@ STATS_HEADERS = ["CnR model", "round", "win rate vs original", "95% CI", "wins",
 _RATE_HEADERS = ["round", "win rate vs original", "95% CI", "wins", "ties", "losses", "both bad", "votes", "turns"]
 
 
+def ci_text(rate: WinRate) -> str:
+    """The CI cell: the interval, or that a cell has too few votes for one (refine.winrate.MIN_VOTES)."""
+    if too_few_votes(rate):
+        return too_few_text(rate.n)
+    return f"{_pct(rate.ci_low)} – {_pct(rate.ci_high)}"
+
+
 def stats_rows(rates: list[WinRate]) -> list[list[Any]]:
     """Rows of a statistics table (ties count half; both-bad votes are left out of the rate)."""
-    return [[r.round, _pct(r.rate), f"{_pct(r.ci_low)} – {_pct(r.ci_high)}", r.wins, r.ties, r.losses,
+    return [[r.round, _pct(r.rate), ci_text(r), r.wins, r.ties, r.losses,
              r.both_bad, r.n + r.both_bad, r.units] for r in rates]
 
 
@@ -234,6 +241,8 @@ def stats_summary(blind: dict[str, list[WinRate]], not_blind: list[WinRate], hea
                      "original answer: not blind (the panel names the versions), so counted apart, below the table.")
     if across:
         lines.append(f"**{across}** blind vote(s) between two critique-and-revise models: below the table.")
+    lines.append(f"A round gets a 95% confidence interval from {MIN_VOTES} votes on (wins, ties and losses); "
+                 "with fewer, the table says there are too few votes.")
     return "\n\n".join(lines)
 
 

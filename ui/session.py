@@ -23,6 +23,7 @@ class Exchange:
     shown: str
     answer: str | None
     view: TurnView | None = field(default=None, compare=False, repr=False)
+    chosen: int | None = None  # the version later turns continue from (0 = the original answer), once picked
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,17 @@ class ChatSession:
         exchange = Exchange(prompt=prompt, shown=shown, answer=answer, view=view)
         earlier = tuple(replace(ex, view=None) if ex.view is not None else ex for ex in self.exchanges)
         return ChatSession(conversation_id=conversation_id, exchanges=(*earlier, exchange))
+
+    def continue_from(self, index: int) -> ChatSession:
+        """The session continuing from version `index` of the last turn's answer (0 = the
+        original, k = accepted revision k): the chat shows it and later turns see it. Unchanged
+        when the last turn has no such version."""
+        last = self.exchanges[-1] if self.exchanges else None
+        versions = last.view.versions() if last is not None and last.view is not None else {}
+        if last is None or last.answer is None or index not in versions:
+            return self
+        chosen = replace(last, shown=versions[index], answer=versions[index], chosen=index)
+        return replace(self, exchanges=(*self.exchanges[:-1], chosen))
 
     @property
     def last_view(self) -> TurnView | None:

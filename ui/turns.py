@@ -106,16 +106,22 @@ class TurnRun:
         self.view.finished = True
         self._changed.set()
 
-    async def snapshots(self, min_interval: Callable[[], float] = lambda: 0.0) -> AsyncIterator[TurnView]:
+    async def snapshots(self, min_interval: Callable[[], float] = lambda: 0.0,
+                        tick: float | None = None) -> AsyncIterator[TurnView]:
         """The view after each batch of changes, until the turn is finished and written. A
         slow reader gets fewer, bigger steps (nothing queues up behind it); more tokens for a
         part already on screen wait until `min_interval()` seconds after the previous step, so
-        a fast stream costs the UI a bounded number of updates per second."""
+        a fast stream costs the UI a bounded number of updates per second. With `tick`, the
+        view also comes every `tick` seconds without a change (for a clock on the page)."""
         last = -math.inf
         while True:
-            await self._changed.wait()
+            if tick is None:
+                await self._changed.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), tick)
             pause = last + min_interval() - time.monotonic()
-            if pause > 0 and not self._urgent.is_set():
+            if pause > 0 and self._changed.is_set() and not self._urgent.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause):
                         await self._urgent.wait()
@@ -144,14 +150,15 @@ class TurnRun:
 
 
 class ActiveTurns:
-    """The running turn of each session (a session runs one turn at a time), and the sessions
-    that pressed Stop while their turn was still waiting in the queue."""
+    """The running turn of each session (a session runs one turn at a time), the sessions whose
+    turn waits in line, and the sessions that pressed Stop while their turn was still waiting."""
 
     MIN_INTERVAL_S = 0.04  # a turn's stream updates the page at most ~25 times a second...
     UPDATES_PER_S = 200.0  # ...and all turns together about this often (each update costs the server)
 
     def __init__(self) -> None:
         self._runs: dict[str, TurnRun] = {}
+        self._waiting: set[str] = set()  # sessions whose turn waits in line (ui.waiting)
         self._stop_asked: set[str] = set()
 
     def begin(self, session: str, run: TurnRun) -> None:
@@ -164,7 +171,15 @@ class ActiveTurns:
         self._stop_asked.discard(session)
 
     def running(self, session: str) -> bool:
-        return session in self._runs
+        """Whether the session has a turn running or waiting in line."""
+        return session in self._runs or session in self._waiting
+
+    def waiting(self, session: str, waits: bool) -> None:
+        """Mark the session's turn as waiting in line (or no longer)."""
+        if waits:
+            self._waiting.add(session)
+        else:
+            self._waiting.discard(session)
 
     def run(self, session: str) -> TurnRun | None:
         """The session's running turn, if any."""

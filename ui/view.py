@@ -67,6 +67,9 @@ class TurnView:
     turn_id: int | None = None
     save_error: str | None = None
     cnr_format: str | None = None  # the rounds' format version, for a round cut off before it shows
+    started: float = field(default_factory=time.perf_counter)  # when the turn started generating
+    ended: float | None = None  # when it ended (TurnDone)
+    base_tokens: int = 0  # streamed pieces of the answer (and its reasoning), ≈ tokens
 
     def _round_event(self, event: CritiqueDelta | RevisionDelta | EditApplied) -> RoundView:
         """The running round, reset when `event` starts the round's next candidate."""
@@ -80,8 +83,10 @@ class TurnView:
         """Fold one engine event into the view."""
         if isinstance(event, BaseDelta):
             self.base_text += event.text
+            self.base_tokens += 1
         elif isinstance(event, ThinkingDelta):
             self.thinking += event.text
+            self.base_tokens += 1
         elif isinstance(event, BaseDone):
             self.base_text, self.base_model, self.base_done = event.text, public_message(event.model), True
             self.base_finish, self.thinking = event.finish_reason, event.thinking or self.thinking
@@ -114,7 +119,12 @@ class TurnView:
             self.error = event
             self.base_text = event.partial or self.base_text
         elif isinstance(event, TurnDone):
-            self.stop_reason, self.final = event.stop_reason, event.final
+            self.stop_reason, self.final, self.ended = event.stop_reason, event.final, time.perf_counter()
+
+    @property
+    def tokens(self) -> int:
+        """Pieces streamed so far (≈ tokens): the answer's and every round's."""
+        return self.base_tokens + sum(r.deltas for r in self.rounds)
 
     @property
     def running_round(self) -> RoundView | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from refine.judging.stats import RoundSummary, summary_dict
-from refine.winrate import save_plot
+from refine.winrate import save_plot, too_few_text
 
 # (key in summary_dict, header); an optional column whose values are all None is left out.
 COLUMNS = [("series", "series"), ("round", "round"), ("win_rate", "win rate"), ("ci", "95% CI"),
@@ -38,7 +38,9 @@ def _cell(key: str, data: dict[str, Any]) -> str:
     if key == "win_rate":
         return _pct(value)
     if key == "ci":
-        return "—" if data["ci_low"] is None else f"[{_pct(data['ci_low'])}, {_pct(data['ci_high'])}]"
+        if data["ci_low"] is None:  # no comparisons, or too few votes for a CI (refine.winrate.MIN_VOTES)
+            return too_few_text(data["n"]) if data.get("n") else "—"
+        return f"[{_pct(data['ci_low'])}, {_pct(data['ci_high'])}]"
     if key == "length_ratio":
         return "—" if value is None else f"{value:.2f}"
     return "" if value is None else str(value)
