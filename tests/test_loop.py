@@ -100,14 +100,14 @@ def test_round_limits() -> None:
 async def test_end_to_end_on_the_embedded_model() -> None:
     """The real SmolLM2-135M-Instruct answers and the CnR model (the shipped adapter when present)
     critiques; whatever the model writes, the events are coherent."""
-    from refine.backends import BackendPool, cnr_few_shot, generation_params
+    from refine.backends import BackendPool, cnr_few_shot, cnr_format, generation_params
     from refine.settings import Settings
 
     settings = Settings(rounds=2, max_new_tokens=48, cnr_max_new_tokens=96)
     pool = BackendPool(settings)
     try:
         config = LoopConfig(rounds=2, few_shot=cnr_few_shot(settings), base_params=generation_params(settings, "base"),
-                            cnr_params=generation_params(settings, "cnr"))
+                            cnr_params=generation_params(settings, "cnr"), cnr_format=cnr_format(settings))
         events = await run(base=pool.get("base"), cnr=pool.get("cnr"), config=config)
     finally:
         await pool.aclose()
