@@ -10,6 +10,11 @@ answer). The rules, in the order they are checked, with the name stored as the r
 - ``empty``     the revision has no text.
 - ``markers``   the revision contains a CnR label at the start of a line, chat-template control
   text (``<|im_start|>``, ``</s>``, ``[INST]`` …) or a reasoning block.
+- ``commentary`` the revision brings in a sentence about the answer itself — critique talk such as
+  "The answer is not helpful because …" or "This response lacks …" — that its input does not
+  have: the critique leaking into the revision (the `edits` model replaced a product
+  recommendation with such a sentence). None of CoachLM's 2,301 or LAMP's 150 human revisions
+  brings one in; 1 of the 808 AlpacaEval answers has one (a Falcon answer describing itself).
 - ``looping``   a unit of ≥ 3 words (≥ 3 distinct) repeats back to back `max_repeats` times or
   more; or the revision writes a unit of ≥ 8 words twice in a row where its input does not (the
   small CnR model's loops start so: "Of course! Here is a recipe for …" twice); or, with
@@ -48,14 +53,17 @@ from typing import Literal
 from refine.backends.base import Finish
 from refine.cnr_format import has_format_text
 
-Rule = Literal["cut_off", "empty", "markers", "looping", "collapsed", "drifted", "unchanged", "not_better"]
-RULES: tuple[Rule, ...] = ("cut_off", "empty", "markers", "looping", "collapsed", "drifted", "unchanged", "not_better")
+Rule = Literal["cut_off", "empty", "markers", "commentary", "looping", "collapsed", "drifted", "unchanged",
+               "not_better"]
+RULES: tuple[Rule, ...] = ("cut_off", "empty", "markers", "commentary", "looping", "collapsed", "drifted", "unchanged",
+                           "not_better")
 
 # Plain-words explanations, for the panel and the CLI summary.
 RULE_TEXT: dict[str, str] = {
     "cut_off": "it was cut off at the token limit",
     "empty": "it was empty",
     "markers": "it contained format labels or chat-template text",
+    "commentary": "it talked about the answer instead of being one",
     "looping": "it repeated itself",
     "collapsed": "it dropped most of the answer",
     "drifted": "it rewrote the answer instead of revising it",
@@ -63,6 +71,14 @@ RULE_TEXT: dict[str, str] = {
     "not_better": "the judge did not prefer it",
 }
 
+# A sentence about the answer itself, as critiques are written (see ``commentary`` above).
+_COMMENTARY = re.compile(
+    r"(?:^|(?<=[.!?:\"])\s+|\n)\s*(?:The|This|Your|My|Their) (?:original |revised |given |above |previous |current )?"
+    r"(?:answer|response)(?:'s)? (?:is not|isn't|does not|doesn't|did not|didn't|should|could|would|lacks|fails|has|"
+    r"needs|contains|provides|says|mentions|is too|is unclear|is incorrect|is wrong|is correct|is helpful|is good|"
+    r"misses|gives|only|also|can be improved|is incomplete|is vague)\b",
+    re.IGNORECASE,
+)
 DUPLICATE_MIN_WORDS = 8  # a unit this long written twice in a row is the start of a loop
 _WORD = re.compile(r"\S+")
 _HAS_LETTER = re.compile(r"[^\W\d_]")
@@ -196,6 +212,9 @@ def check_revision(current: str, critique: str, revision: str, finish: Finish | 
         return Judgement("empty", "the revision has no text")
     if marker := has_format_text(revision):
         return Judgement("markers", f"the revision contains “{marker[:40]}”")
+    if (talk := _COMMENTARY.search(revision)) and not _COMMENTARY.search(current):
+        sentence = revision[talk.start():].strip().split("\n")[0]
+        return Judgement("commentary", f"the revision says “{sentence[:60]} …” about the answer")
     if not (judgement := check_loop(revision, config)).accepted:
         return judgement
     copies, unit = longest_repeat(revision, min_unit=DUPLICATE_MIN_WORDS)

@@ -164,3 +164,25 @@ def test_the_collapse_threshold_is_stricter_for_the_embedded_model() -> None:
     assert loop_config(Settings()).acceptance.min_length_ratio == 0.85
     assert loop_config(Settings(cnr_backend="openai", cnr_url="http://127.0.0.1:9")).acceptance.min_length_ratio == 0.5
     assert loop_config(Settings(accept_min_length_ratio=0.7)).acceptance.min_length_ratio == 0.7
+
+
+def test_a_revision_that_brings_in_critique_talk_is_rejected_as_commentary() -> None:
+    # what the first `edits` adapter wrote in place of GPT-4's recommendation (bench/cnr_eval.py)
+    answer = ("I recommend the DEWALT DCS391B 20-Volt MAX Li-Ion Circular Saw, which has a high rating and "
+              "positive reviews. It is light and cuts cleanly.")
+    revision = ("The answer is not helpful because it doesn't provide any information about the product. "
+                "It is light and cuts cleanly.")
+    judgement = check_revision(answer, "Unnecessary words.", revision, STOP, CONFIG)
+    assert judgement.rule == "commentary" and "The answer is not helpful" in judgement.detail
+    for talk in ("Good start.\nThis response lacks detail.", "Fine. Your answer should say more."):
+        assert check_revision("Good start. Fine.", "x", talk, STOP, CONFIG).rule == "commentary", talk
+    # an answer that already talks about a response may keep doing so; a math answer may end so
+    meta = "The response provides three options. Pick one."
+    assert check_revision(meta, "x", meta + " Or two.", STOP, CONFIG).accepted
+    assert check_revision("4 + 4 = 9.", "Wrong sum.", "4 + 4 = 8. The answer is 8.", STOP, CONFIG).accepted
+
+
+def test_no_strong_answer_is_commentary_when_it_is_the_revision_of_a_short_question() -> None:
+    flagged = [name for name, text in alpaca_answers()
+               if check_revision("Hi.", "x", text, STOP, AcceptanceConfig()).rule == "commentary"]
+    assert flagged == ["falcon-40b-instruct.dev/alpaca_eval-468"]  # an answer describing itself
