@@ -157,7 +157,9 @@ def test_failed_rounds_and_early_stops_say_why() -> None:
                    _done(1, "", status="failed", stop_reason="failed", error="unparseable output: no critique"),
                    TurnDone("Hi", 0, "failed"))
     texts = [m["content"] for m in panel_messages(failed)]
-    assert "Round 1 failed:** unparseable output: no critique" in texts[2]
+    assert "Round 1 failed:** the reviewer's output could not be read, so the answer was kept." in texts[2]
+    details = panel_messages(failed)[3]
+    assert details["content"] == "unparseable output: no critique" and details["metadata"]["status"] == "done"
     assert panel_messages(failed)[1]["metadata"]["title"] == "Critique · round 1 · failed"
     unchanged = _view(BaseDone("Hi", "base"), RoundStart(1, "m"),
                       _done(1, "Hi!", status="rejected", rejection="unchanged", stop_reason="unchanged"),

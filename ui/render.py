@@ -124,9 +124,11 @@ def _round_messages(r: RoundView, previous: str, previous_name: str, show_change
         out.append({"role": "assistant",
                     "content": f"**Revision {r.index}**{changes}\n\n{_revision(r, previous, show_changes)}"})
     elif r.phase == "failed":
-        out.append({"role": "assistant",
-                    "content": f"⚠️ **Round {r.index} failed:** {r.error or 'unknown error'}. "
-                               "The previous answer stands."})
+        unreadable = (r.error or "").startswith("unparseable output")
+        why = "the reviewer's output could not be read" if unreadable else "the reviewer model did not answer"
+        out.append({"role": "assistant", "content": f"⚠️ **Round {r.index} failed:** {why}, so the answer was kept."})
+        out.append({"role": "assistant", "content": r.error or "unknown error",
+                    "metadata": {"title": f"Why round {r.index} failed", "status": "done"}})
     elif r.phase == "cancelled":
         out.append({"role": "assistant", "content": f"⏹ Round {r.index} was stopped. The previous answer stands."})
     return out + _candidate_messages(r)
