@@ -244,8 +244,11 @@ def test_an_empty_send_changes_nothing(page: Any, app: RunningApp) -> None:
     send(page, "Keep this turn")
     wait_turn_end(page)
     page.wait_for_selector("#vote-box", state="visible")
+    page.wait_for_timeout(1500)  # the turn's last updates (which reset the form for the new turn) land first
     page.click("#feedback-box")  # open the feedback form and start writing
     page.fill("#feedback-critique textarea", "a draft critique")
+    page.wait_for_timeout(500)
+    assert page.input_value("#feedback-critique textarea") == "a draft critique"
     panel, turns = page.inner_text("#panel"), app.rows("SELECT COUNT(*) FROM turns")
     for action in ("#send", "enter"):
         page.fill("#prompt textarea", "   ")
