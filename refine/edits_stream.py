@@ -9,20 +9,12 @@ is the raw edits text written so far (what the loop watches for repetition).
 
 from __future__ import annotations
 
-from refine.cnr_format import (
-    _CRITIQUE_START, _LABEL, _LINE_START, _CRITIQUE_WORDS, _REVISION_WORDS, TEMPLATE_TEXT, ParsedCnR, Section,
-    is_nothing_to_fix,
-)
+from refine.cnr_format import _CRITIQUE_START, _REVISION_END, ParsedCnR, Section, is_nothing_to_fix
 from refine.edits import ALL_LABELS, Edit, apply_edit, edit_blocks, edits_from_blocks
 
-import regex
-
-# What ends the edits: a second critique or a rewrite-format revision label at the start of a
-# line (the model starts another round, or switches format), or chat-template text.
-_EDITS_END = regex.compile(
-    _LINE_START + "(?:" + _LABEL % {"w": _CRITIQUE_WORDS + "|" + _REVISION_WORDS} + ")|" + TEMPLATE_TEXT.pattern,
-    regex.IGNORECASE,
-)
+# What ends the edits is what ends a rewrite's revision: a second critique or a revision label
+# at the start of a line (the model starts another round, or switches format), or template text.
+_EDITS_END = _REVISION_END
 _LABEL_PREFIXES = tuple(f"{label}:".casefold() for label in ALL_LABELS)
 
 
